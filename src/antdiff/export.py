@@ -1,0 +1,139 @@
+"""Export a trained denoiser as a diffusers directory.
+
+- Unconditional UNet2DModel: a full ``DDPMPipeline`` (``DDPMPipeline.from_pretrained(dir)``).
+- Class-conditional UNet, DiT or the 2-D MLP: the model in ``unet/``, ``transformer/`` or
+  ``mlp/`` and a DDPM scheduler in ``scheduler/``, loadable with the model class's
+  ``from_pretrained(dir, subfolder=...)`` and ``DDPMScheduler.from_pretrained(dir,
+  subfolder="scheduler")`` (``load_exported`` does it). diffusers' DiTPipeline is not used: it
+  hard-codes ImageNet's 1000 classes and requires a VAE.
+Every export also writes ``antdiff.json`` (model spec, null label, prediction type) and a README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from diffusers import DDPMPipeline, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
+from torch import nn
+
+from antdiff.errors import AntError
+from antdiff.models import Denoiser, PointMLP, disable_label_dropout
+from antdiff.sampling import make_scheduler
+from antdiff.schedule import NoiseSchedule
+
+SUBFOLDERS = {"unet": "unet", "dit": "transformer", "mlp": "mlp"}
+CLASSES = {"unet": UNet2DModel, "dit": DiTTransformer2DModel, "mlp": PointMLP}
+
+_README = """# Diffusion model exported by antdiff
+
+Model: `{name}` ({cls}), {kind}; prediction type `{prediction}`; schedule `{schedule}`, T={T}.
+
+```python
+{code}
+```
+"""
+
+_CODE_PIPE = """from diffusers import DDPMPipeline
+pipe = DDPMPipeline.from_pretrained("{dir}")
+images = pipe(batch_size=16, num_inference_steps=1000).images"""
+
+_CODE_MODEL = """from diffusers import DDPMScheduler, {cls}
+model = {cls}.from_pretrained("{dir}", subfolder="{sub}").eval()
+scheduler = DDPMScheduler.from_pretrained("{dir}", subfolder="scheduler")
+# class labels 0..{k1}; label {null} is the null label for classifier-free guidance
+# with antdiff installed: from antdiff.export import load_exported
+#   model, scheduler, info = load_exported("{dir}")   # model(x, t, y)"""
+
+_CODE_MLP = """from antdiff.models import PointMLP
+from diffusers import DDPMScheduler
+model = PointMLP.from_pretrained("{dir}", subfolder="mlp").eval()   # model(x, t, y=None)
+scheduler = DDPMScheduler.from_pretrained("{dir}", subfolder="scheduler")"""
+
+
+def _spec(model: nn.Module) -> tuple[Denoiser, dict[str, Any]]:
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, Denoiser):
+        raise AntError("export needs a model from antdiff.models.build_model")
+    return inner, dict(inner.spec)
+
+
+def export_pipeline(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    out_dir: str | os.PathLike[str],
+    prediction: str = "epsilon",
+    *,
+    clip_sample: bool = True,
+    vae: str | None = None,
+) -> Path:
+    """Write a diffusers directory for ``model`` (see the module docstring for the layout).
+
+    ``clip_sample`` (x_0 clipped to [-1, 1] while sampling) suits pixels, not latents or points.
+    ``vae``: the AutoencoderKL of a latent model, copied into ``vae/``.
+    """
+    den, spec = _spec(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scheduler = make_scheduler(schedule, "ddpm", prediction, clip_sample)
+    family = den.family
+    pipeline = family == "unet" and not den.conditional and vae is None
+    if pipeline:
+        DDPMPipeline(unet=den.net, scheduler=scheduler).save_pretrained(out)
+    else:
+        den.net.save_pretrained(out / SUBFOLDERS[family])
+        scheduler.save_pretrained(out / "scheduler")
+    if vae is not None:
+        from antdiff.data import load_vae
+
+        load_vae(vae).save_pretrained(out / "vae")
+    info = {
+        "model": spec,
+        "family": family,
+        "subfolder": None if pipeline else SUBFOLDERS[family],
+        "pipeline": "DDPMPipeline" if pipeline else None,
+        "num_classes": den.num_classes,
+        "null_label": den.num_classes if den.conditional else None,
+        "prediction": prediction,
+        "schedule": schedule.name,
+        "timesteps": schedule.timesteps,
+        "vae": "vae" if vae is not None else None,
+    }
+    (out / "antdiff.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out / "README.md").write_text(_readme(info, schedule))
+    return out
+
+
+def _readme(info: dict[str, Any], schedule: NoiseSchedule) -> str:
+    family, k = info["family"], info["num_classes"]
+    cls = CLASSES[family].__name__
+    fmt = {"dir": "PATH", "cls": cls, "sub": info["subfolder"], "k1": k - 1, "null": k}
+    if info["pipeline"]:
+        code = _CODE_PIPE.format(**fmt)
+    elif family == "mlp":
+        code = _CODE_MLP.format(**fmt)
+    else:
+        code = _CODE_MODEL.format(**fmt)
+    kind = f"class-conditional ({k} classes)" if k else "unconditional"
+    return _README.format(
+        name=info["model"]["name"], cls=cls, kind=kind, prediction=info["prediction"],
+        schedule=schedule.name, T=schedule.timesteps, code=code,
+    )  # fmt: skip
+
+
+def load_exported(path: str | os.PathLike[str]) -> tuple[Denoiser, DDPMScheduler, dict[str, Any]]:
+    """Load an export: (Denoiser around the diffusers model, its DDPMScheduler, antdiff.json)."""
+    root = Path(path)
+    meta_path = root / "antdiff.json"
+    if not meta_path.is_file():
+        raise AntError(f"not an antdiff export (no antdiff.json): {root}")
+    info = json.loads(meta_path.read_text())
+    family = info["family"]
+    sub = info["subfolder"] or "unet"
+    net = CLASSES[family].from_pretrained(root, subfolder=sub).eval()
+    if family == "dit":
+        disable_label_dropout(net)
+    scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
+    return Denoiser(net, info["model"]), scheduler, info
