@@ -64,12 +64,15 @@ def test_bad_flags_exit_2(argv, capsys) -> None:
     assert len(err.splitlines()) == 1 and "error" in err
 
 
-def test_bad_affinity_files_exit_2(tmp_path) -> None:
+def test_bad_affinity_files_exit_2(tmp_path, capsys) -> None:
     for name in _bad_affinity_files(tmp_path):
-        proc = subprocess.run(
-            [sys.executable, "-m", "antdiff", "cluster", "--cost", "affinity", "--affinity",
-             str(tmp_path / name)],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        assert proc.returncode == 2, name
-        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+        argv = ["cluster", "--cost", "affinity", "--affinity", str(tmp_path / name)]
+        assert main(argv) == 2, name
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_error_from_the_shell_has_no_traceback(tmp_path) -> None:
+    argv = ["cluster", "--cost", "affinity", "--affinity", str(tmp_path / "missing.npy")]
+    proc = subprocess.run([sys.executable, "-m", "antdiff", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

@@ -56,12 +56,12 @@ def test_stratified_is_uniform_inside_each_interval_and_balanced() -> None:
     part = IntervalPartition(((0, 3), (4, 11)), 12)
     g = torch.Generator().manual_seed(0)
     sampler = StratifiedSampler(part)
-    t = torch.cat([sampler.sample(7, g)[0] for _ in range(4000)])
+    t = torch.cat([sampler.sample(7, g)[0] for _ in range(1500)])
     freq = torch.bincount(t, minlength=12).double() / t.numel()
     # each interval gets half the mass (the odd sample alternates at random), spread uniformly
-    assert freq[:4].sum().item() == pytest.approx(0.5, abs=0.01)
-    assert torch.allclose(freq[:4], torch.full((4,), 0.125, dtype=torch.float64), atol=0.01)
-    assert torch.allclose(freq[4:], torch.full((8,), 0.0625, dtype=torch.float64), atol=0.01)
+    assert freq[:4].sum().item() == pytest.approx(0.5, abs=0.015)
+    assert torch.allclose(freq[:4], torch.full((4,), 0.125, dtype=torch.float64), atol=0.015)
+    assert torch.allclose(freq[4:], torch.full((8,), 0.0625, dtype=torch.float64), atol=0.015)
 
 
 def test_uniform_sampler() -> None:
