@@ -1,0 +1,75 @@
+"""Multi-task methods over K tasks; knows nothing of diffusion (DESIGN.md, `mtl/`).
+
+    method = build_method("uw", num_tasks=K)            # mean, uw, famo, pcgrad, nash, torchjd:NAME
+    optimizer = AdamW([{"params": model.parameters()}, *method.param_groups()], lr=1e-4)
+    info = mtl_backward(method, loss_fn, task_ids, task_counts, model, scaler=None)
+    if info.finite: optimizer.step()
+
+Absent tasks (no sample in the global batch): weight 0, each method runs on the present subset,
+and `info.task_losses` is NaN for them. Non-finite losses: skipped step with a GradScaler
+(`info.finite` is False), `AntError` without one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from antdiff.errors import AntError
+from antdiff.mtl.base import GramianMethod, LossMethod, MTLMethod
+from antdiff.mtl.engine import StepInfo, mtl_backward, task_sums
+from antdiff.mtl.famo import FAMO
+from antdiff.mtl.mean import Mean
+from antdiff.mtl.nash import NashMTL, NashSolverError, nash_weights
+from antdiff.mtl.pcgrad import PCGrad, pcgrad_weights
+from antdiff.mtl.torchjd import TorchJDMethod
+from antdiff.mtl.uw import UncertaintyWeighting
+
+METHODS: dict[str, type[MTLMethod]] = {
+    "mean": Mean,
+    "uw": UncertaintyWeighting,
+    "famo": FAMO,
+    "pcgrad": PCGrad,
+    "nash": NashMTL,
+}
+TORCHJD_PREFIX = "torchjd:"
+
+
+def build_method(name: str, num_tasks: int, **options: Any) -> MTLMethod:
+    """The method called `name` for `num_tasks` tasks; unknown names or options -> AntError."""
+    if name.startswith(TORCHJD_PREFIX):
+        return TorchJDMethod(num_tasks, name[len(TORCHJD_PREFIX) :], **options)
+    cls = METHODS.get(name)
+    if cls is None:
+        names = ", ".join([*METHODS, TORCHJD_PREFIX + "NAME"])
+        raise AntError(f"unknown MTL method {name!r}; choose from {names}")
+    params = inspect.signature(cls.__init__).parameters
+    allowed = [p for p in params if p not in ("self", "num_tasks")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise AntError(
+            f"unknown option(s) {', '.join(unknown)} for method {name!r}; "
+            f"valid: {', '.join(allowed) or 'none'}"
+        )
+    return cls(num_tasks, **options)
+
+
+__all__ = [
+    "FAMO",
+    "METHODS",
+    "GramianMethod",
+    "LossMethod",
+    "MTLMethod",
+    "Mean",
+    "NashMTL",
+    "NashSolverError",
+    "PCGrad",
+    "StepInfo",
+    "TorchJDMethod",
+    "UncertaintyWeighting",
+    "build_method",
+    "mtl_backward",
+    "nash_weights",
+    "pcgrad_weights",
+    "task_sums",
+]

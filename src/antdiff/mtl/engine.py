@@ -1,0 +1,265 @@
+"""The one place where task losses and task gradients meet the model: `mtl_backward`.
+
+Two paths, the same update sum_k w_k grad L_k (L_k = mean per-sample loss of task k over the
+GLOBAL batch):
+
+* weighted step (loss-based methods; gradient methods between refreshes): one forward over the
+  local batch, local task sums / global counts, the global task losses by one all-reduce of K
+  numbers, weights from the method, then ONE backward of world * sum_k w_k L_k^local
+  (DDP averages over ranks, which gives exactly sum_k w_k grad L_k).
+* refresh step (gradient methods): one forward/backward per task sub-batch (exact: a task loss
+  depends only on its own samples) under `model.no_sync()`, each flattened into a row of a
+  [K, P] buffer reused across steps; one all-reduce (SUM) of the buffer; the Gramian; weights;
+  the combined gradient written to `.grad`.
+
+AMP: losses are scaled by the GradScaler for backward and the gradients unscaled before they are
+combined (Nash's weights depend on the gradient scale); an inf/NaN skips the step (finite=False)
+and backs off the scale exactly as `GradScaler.step/update`; do not call `scaler.step`.
+Without a scaler, non-finite task losses or gradients raise `AntError` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from antdiff.errors import AntError
+from antdiff.mtl.base import GramianMethod, LossMethod, MTLMethod
+
+LossFn = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What one `mtl_backward` did (all tensors detached, on CPU)."""
+
+    task_losses: Tensor  # [K] global task losses; NaN for tasks absent from the global batch
+    weights: Tensor  # [K] effective weight on each task loss: the update is sum_k w_k grad L_k
+    finite: bool  # False: skip optimizer.step() (AMP overflow; the scaler has backed off)
+    refreshed: bool  # a gradient method recomputed its weights this step
+
+
+def mtl_backward(
+    method: MTLMethod,
+    loss_fn: LossFn,
+    task_ids: Tensor,
+    task_counts: Tensor | None,
+    model: nn.Module,
+    scaler: torch.amp.GradScaler | None = None,
+) -> StepInfo:
+    """Write the method's combined, unscaled, all-reduced gradient into the parameters' `.grad`.
+
+    loss_fn(index) runs the model on the LOCAL samples `index` and returns their per-sample
+    losses [len(index)]. task_ids [B_local] holds each local sample's task; task_counts [K] the
+    number of samples of each task in the GLOBAL batch (the same on every rank; None means the
+    local counts, single process only). Existing `.grad` are overwritten, also those of the
+    method's own parameters. Then: clip, and `optimizer.step()` if `finite`.
+    """
+    ids, counts = _check_inputs(method, task_ids, task_counts, model)
+    present = counts > 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise AntError("the model has no parameter that requires grad")
+    for p in params:
+        p.grad = None
+    method.zero_grad(set_to_none=True)
+    if scaler is not None and not scaler.is_enabled():
+        scaler = None
+    scale = scaler.get_scale() if scaler is not None else 1.0
+
+    if isinstance(method, GramianMethod) and method.needs_refresh():
+        step = _refresh_step
+    elif isinstance(method, LossMethod | GramianMethod):
+        step = _weighted_step
+    else:
+        raise AntError(f"{type(method).__name__} is not a LossMethod or a GramianMethod")
+    losses, weights, finite = step(method, loss_fn, ids, counts, present, params, model, scale)
+    losses = torch.where(present, losses.cpu(), torch.full_like(losses.cpu(), float("nan")))
+    if scaler is not None:
+        _report_to_scaler(scaler, found_inf=not finite, device=params[0].device)
+    elif not finite:
+        bad = [k for k in range(method.num_tasks) if present[k] and not losses[k].isfinite()]
+        raise AntError(
+            f"non-finite task losses or gradients (task losses {losses.tolist()}, bad tasks "
+            f"{bad}); lower the learning rate or use a GradScaler to skip such steps"
+        )
+    if finite:
+        method.advance()
+    refreshed = step is _refresh_step
+    return StepInfo(losses, weights.detach().float().cpu(), finite, refreshed)
+
+
+def task_sums(per_sample: Tensor, task_ids: Tensor, num_tasks: int) -> Tensor:
+    """sum of the per-sample losses of each task [K] (by explicit task id, never by position)."""
+    out = torch.zeros(num_tasks, dtype=per_sample.dtype, device=per_sample.device)
+    return out.index_add(0, task_ids, per_sample)
+
+
+def _weighted_step(
+    method: MTLMethod,
+    loss_fn: LossFn,
+    ids: Tensor,
+    counts: Tensor,
+    present: Tensor,
+    params: list[nn.Parameter],
+    model: nn.Module,
+    scale: float,
+) -> tuple[Tensor, Tensor, bool]:
+    k = method.num_tasks
+    world, group = _world(model)
+    per_sample = _call(loss_fn, torch.arange(ids.numel(), device=ids.device))
+    local = task_sums(per_sample, ids, k) / counts.clamp_min(1).to(per_sample)
+    glob = local.detach().clone()
+    if world > 1:
+        dist.all_reduce(glob, group=group)
+    present = present.to(glob.device)
+    if not bool(torch.isfinite(glob[present]).all()):
+        return glob, torch.zeros(k), False
+    if isinstance(method, LossMethod):
+        weights = method.loss_weights(glob, present)
+    else:
+        assert isinstance(method, GramianMethod)
+        weights = method.cached_weights()
+    objective = (weights.detach().to(local) * local).sum() * (world * scale)
+    objective.backward()
+    grads = [p.grad for p in params if p.grad is not None]
+    if scale != 1.0:
+        torch._foreach_mul_(grads, 1.0 / scale)
+    return glob, weights, _all_finite(grads)
+
+
+def _refresh_step(
+    method: MTLMethod,
+    loss_fn: LossFn,
+    ids: Tensor,
+    counts: Tensor,
+    present: Tensor,
+    params: list[nn.Parameter],
+    model: nn.Module,
+    scale: float,
+) -> tuple[Tensor, Tensor, bool]:
+    assert isinstance(method, GramianMethod)
+    k = method.num_tasks
+    world, group = _world(model)
+    buf = _buffer(method, params, k)
+    local = torch.zeros(k, dtype=torch.float32, device=buf.device)
+    for task in range(k):
+        index = (ids == task).nonzero().squeeze(1)
+        if index.numel() == 0:  # no local sample: zero row (other ranks may have some)
+            buf[task].zero_()
+            continue
+        with _no_sync(model):
+            loss = _call(loss_fn, index).sum() / float(counts[task])
+            (loss * scale).backward()
+        local[task] = loss.detach().float()
+        torch.cat([_flat_grad(p) for p in params], out=buf[task])
+        for p in params:
+            p.grad = None
+    if world > 1:
+        dist.all_reduce(buf, group=group)
+        dist.all_reduce(local, group=group)
+    if scale != 1.0:
+        buf.mul_(1.0 / scale)
+    present_d = present.to(local.device)
+    if not bool(torch.isfinite(local[present_d]).all()) or not bool(torch.isfinite(buf).all()):
+        return local, torch.zeros(k), False
+    gramian = buf @ buf.T
+    weights = method.refresh(gramian, present.cpu())
+    combined = weights.to(buf) @ buf
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = combined[offset : offset + n].view_as(p).to(p.dtype)
+        offset += n
+    return local, weights, True
+
+
+def _check_inputs(
+    method: MTLMethod, task_ids: Tensor, task_counts: Tensor | None, model: nn.Module
+) -> tuple[Tensor, Tensor]:
+    k = method.num_tasks
+    if not isinstance(task_ids, Tensor) or task_ids.dim() != 1 or task_ids.is_floating_point():
+        raise AntError("task_ids must be a 1-D integer tensor [B] (one task id per sample)")
+    if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= k):
+        raise AntError(f"task ids must lie in 0..{k - 1} (the method has {k} tasks)")
+    local_counts = torch.bincount(task_ids.long().cpu(), minlength=k)
+    if task_counts is None:
+        if _world(model)[0] > 1:
+            raise AntError("under DDP pass task_counts: the per-task counts of the GLOBAL batch")
+        counts = local_counts
+    else:
+        counts = torch.as_tensor(task_counts).long().cpu()
+        if counts.shape != (k,):
+            raise AntError(
+                f"task_counts has shape {tuple(counts.shape)} but the method has {k} tasks"
+            )
+        if bool((local_counts > counts).any()):
+            raise AntError(
+                f"task_counts {counts.tolist()} are below the local counts {local_counts.tolist()}"
+            )
+        if _world(model)[0] == 1 and not torch.equal(local_counts, counts):
+            raise AntError(
+                f"task_counts {counts.tolist()} differ from the batch's {local_counts.tolist()}"
+            )
+    if int(counts.sum()) == 0:
+        raise AntError("the batch has no samples")
+    return task_ids.long(), counts
+
+
+def _world(model: nn.Module) -> tuple[int, dist.ProcessGroup | None]:
+    """World size and group: > 1 only for a DistributedDataParallel model."""
+    if isinstance(model, DistributedDataParallel):
+        group = model.process_group
+        return dist.get_world_size(group), group
+    return 1, None
+
+
+def _no_sync(model: nn.Module) -> AbstractContextManager[object]:
+    return model.no_sync() if isinstance(model, DistributedDataParallel) else nullcontext()
+
+
+def _call(loss_fn: LossFn, index: Tensor) -> Tensor:
+    out = loss_fn(index)
+    if not isinstance(out, Tensor) or out.shape != (index.numel(),):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise AntError(
+            f"loss_fn must return per-sample losses of shape ({index.numel()},), got {shape}"
+        )
+    return out.float()
+
+
+def _flat_grad(p: nn.Parameter) -> Tensor:
+    if p.grad is None:
+        return torch.zeros(p.numel(), dtype=torch.float32, device=p.device)
+    return p.grad.reshape(-1).float()
+
+
+def _buffer(method: GramianMethod, params: list[nn.Parameter], k: int) -> Tensor:
+    """The [K, P] float32 buffer, cached on the method (not in its state_dict) and reused."""
+    total = sum(p.numel() for p in params)
+    buf = getattr(method, "_grad_buffer", None)
+    if buf is None or buf.shape != (k, total) or buf.device != params[0].device:
+        buf = torch.empty(k, total, dtype=torch.float32, device=params[0].device)
+        method._grad_buffer = buf
+    return buf
+
+
+def _all_finite(grads: list[Tensor]) -> bool:
+    """One fused pass (per-tensor norms are non-finite iff the tensor has an inf or NaN)."""
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+
+
+def _report_to_scaler(scaler: torch.amp.GradScaler, found_inf: bool, device: torch.device) -> None:
+    """Record this step's overflow in the GradScaler (public API only) and update its scale."""
+    probe = torch.zeros(1, device=device, requires_grad=True)
+    probe.grad = torch.full((1,), float("inf") if found_inf else 0.0, device=device)
+    scaler.unscale_(torch.optim.SGD([probe], lr=0.0))
+    scaler.update()
