@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -58,6 +59,71 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _train(args: argparse.Namespace) -> int:
+    from antdiff.config import FIELDS, resolve
+
+    flags = {name: getattr(args, name) for name in FIELDS}
+    for key in ("model_options", "method_options"):
+        if flags[key] is not None:
+            flags[key] = _json_object(flags[key], key)
+    cfg = resolve(args.preset, args.config, **flags)
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        return 0
+    from antdiff.train import train
+
+    run_dir = train(cfg, resume=args.resume)
+    print(f"run written to {run_dir}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from antdiff.run import load_run, sample_run, save_samples
+
+    run = load_run(args.run)
+    x = sample_run(run, args.num, sampler=args.sampler, steps=args.steps,
+                   guidance=args.guidance, seed=args.seed)  # fmt: skip
+    print(f"{args.num} samples written to {save_samples(x, args.out)}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from antdiff.run import export_run
+
+    print(f"diffusers model written to {export_run(args.run, args.out)}")
+    return 0
+
+
+def _json_object(text: str, name: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise AntError(f"--{name.replace('_', '-')} must be a JSON object, got {text!r}") from None
+    if not isinstance(value, dict):
+        raise AntError(f"--{name.replace('_', '-')} must be a JSON object, got {text!r}")
+    return value
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (--batch-size, ...); unset flags keep preset/file values."""
+    import typing
+
+    from antdiff.config import FIELDS, TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for name, f in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        kind = hints[name]
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        default = f.default if f.default is not dataclasses.MISSING else "{}"
+        if base is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(default {default})")  # fmt: skip
+        else:
+            conv = str if base is dict or typing.get_origin(base) is dict else base
+            p.add_argument(flag, type=conv, default=None, dest=name, help=f"(default {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from antdiff import __version__
     from antdiff.schedule import SCHEDULES
@@ -81,6 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument("--plot", metavar="FILE.png", help="draw log-SNR over t with the intervals")
     c.set_defaults(func=_cluster)
+
+    from antdiff.config import PRESETS
+
+    t = sub.add_parser("train", help="train a diffusion model with ANT or a baseline")
+    t.add_argument("--preset", choices=list(PRESETS), help="named starting configuration")
+    t.add_argument("--config", metavar="FILE", help="settings from a JSON or TOML file")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    _add_config_flags(t)
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser("sample", help="draw samples from a run's EMA model")
+    s.add_argument("--run", required=True, metavar="DIR")
+    s.add_argument("--num", type=int, default=64)
+    s.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default="ddim")
+    s.add_argument("--steps", type=int, default=None, help="default: T for ddpm, else 50")
+    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, metavar="FILE", help="FILE.npz (+ .png) or FILE.png")
+    s.set_defaults(func=_sample)
+
+    e = sub.add_parser("export", help="write a run's EMA model as a diffusers pipeline")
+    e.add_argument("--run", required=True, metavar="DIR")
+    e.add_argument("--out", required=True, metavar="DIR")
+    e.set_defaults(func=_export)
     return p
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from matplotlib import colormaps
@@ -13,8 +14,11 @@ from antdiff.tasks import IntervalPartition
 
 
 def plot_partition(
-    partition: IntervalPartition, schedule: NoiseSchedule, path: str | Path, title: str = ""
-) -> Path:
+    partition: IntervalPartition,
+    schedule: NoiseSchedule,
+    path: str | Path | IO[bytes],
+    title: str = "",
+) -> None:
     """log-SNR over t, with each interval shaded and its bounds marked."""
     log_snr = schedule.snr_numpy(log=True)
     t = np.arange(schedule.timesteps)
@@ -33,7 +37,6 @@ def plot_partition(
     ax.set_xlim(-0.5, schedule.timesteps - 0.5)
     ax.set_title(title or f"{partition.k} intervals on the {schedule.name} schedule")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    if isinstance(path, str | Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, format="png")

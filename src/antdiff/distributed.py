@@ -1,0 +1,53 @@
+"""Single process or torchrun (DDP) with the same code path: rank 0 writes, every rank trains."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from antdiff.errors import AntError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def local_slice(self, n: int) -> torch.Tensor:
+        """This rank's indices into a global batch of n samples (any n: slices differ by <= 1)."""
+        return torch.tensor_split(torch.arange(n), self.world)[self.rank]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup(device: str = "auto") -> Dist:
+    """Join the torchrun process group when launched by torchrun, else run as one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device != "cpu" and (device != "auto" or torch.cuda.is_available())
+    if cuda and not torch.cuda.is_available():
+        raise AntError(f"--device {device} but no CUDA device is available")
+    if cuda:
+        dev = torch.device(device if ":" in device else f"cuda:{local}")
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Dist(rank, world, dev)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
