@@ -71,7 +71,10 @@ def mtl_backward(
     method.zero_grad(set_to_none=True)
     if scaler is not None and not scaler.is_enabled():
         scaler = None
-    scale = scaler.get_scale() if scaler is not None else 1.0
+    scale = 1.0
+    if scaler is not None:
+        scaler.scale(torch.zeros((), device=params[0].device))  # the scaler's lazy init
+        scale = scaler.get_scale()
 
     if isinstance(method, GramianMethod) and method.needs_refresh():
         step = _refresh_step

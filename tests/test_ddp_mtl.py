@@ -1,0 +1,28 @@
+"""DDP (2 CPU processes, gloo) gives the same parameters as one process on the global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+SCRIPT = Path(__file__).with_name("ddp_mtl.py")
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_ddp_equals_single_process(tmp_path: Path) -> None:
+    out = tmp_path / "ddp.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    diffs = json.loads(out.read_text())
+    assert set(diffs) == {"mean", "uw", "famo", "pcgrad", "nash"}
+    assert all(d < 1e-5 for d in diffs.values()), diffs
