@@ -67,10 +67,7 @@ class Dataset:
 
     def split(self, holdout: int, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Deterministic (train, held-out) split; held-out = a seeded random ``holdout`` samples."""
-        if not 0 < holdout < len(self):
-            raise AntError(f"holdout must be in 1..{len(self) - 1} for {self.name}, got {holdout}")
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        held, train = perm[:holdout].sort().values, perm[holdout:].sort().values
+        train, held = split_indices(len(self), holdout, seed)
         return self.subset(train), self.subset(held)
 
     def decode(self, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -78,6 +75,14 @@ class Dataset:
         if self.kind != "latent" or self.vae is None:
             return z
         return decode_latents(z, self.vae, batch_size=batch_size)
+
+
+def split_indices(n: int, holdout: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (train, held-out) indices; held-out = first ``holdout`` of a seeded permutation."""
+    if not 0 < holdout < n:
+        raise AntError(f"holdout must be in 1..{n - 1}, got {holdout}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[holdout:].sort().values, perm[:holdout].sort().values
 
 
 # ----------------------------------------------------------------------------- entry point

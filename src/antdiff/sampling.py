@@ -34,7 +34,8 @@ def make_scheduler(
     """
     if sampler not in SAMPLERS:
         raise AntError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
-    config = dict(schedule.scheduler().config)
+    # Private keys such as _use_default_values would make diffusers ignore our overrides.
+    config = {k: v for k, v in schedule.scheduler().config.items() if not k.startswith("_")}
     prediction_type = DIFFUSERS_PREDICTION[check_prediction(prediction)]
     config.update(prediction_type=prediction_type, clip_sample=clip_sample)
     if sampler == "ddpm":
@@ -113,7 +114,8 @@ def generate(
     if labels is not None and labels.shape != (num,):
         raise AntError(f"labels must have shape ({num},), got {tuple(labels.shape)}")
     steps = steps or (schedule.timesteps if sampler == "ddpm" else 50)
-    device = next(model.parameters()).device
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
     out = []
