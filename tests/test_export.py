@@ -95,6 +95,7 @@ def test_mlp_export_round_trip(schedule: NoiseSchedule, tmp_path: Path) -> None:
     x, t, y = torch.randn(4, 2), torch.tensor([0, 10, 500, 999]), torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
         torch.testing.assert_close(net(x, t, y), model(x, t, y))
+        torch.testing.assert_close(net(x, t), model(x, t, torch.full((4,), 3)))
     assert "PointMLP.from_pretrained" in (out / "README.md").read_text()
 
 

@@ -42,7 +42,8 @@ class PointMLP(ModelMixin, ConfigMixin):
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
         e = self.time_emb(self.time_proj(t).to(x.dtype))
-        if self.class_emb is not None and y is not None:
+        if self.class_emb is not None:  # y=None -> the null label num_classes
+            y = torch.full_like(t, self.config.num_classes) if y is None else y
             e = e + self.class_emb(y)
         h = self.inp(x.flatten(1))
         for norm, block in zip(self.norms, self.blocks, strict=True):
