@@ -18,6 +18,7 @@ from antdiff.metrics import (
     gmm_log_likelihood,
     heldout_loss,
     mmd2_rbf,
+    prdc,
     precision_recall,
     sliced_wasserstein,
 )
@@ -85,11 +86,13 @@ def _pr_brute(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]
     return float(prec), float(rec)
 
 
-def test_precision_recall() -> None:
+def test_precision_recall(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(3)
     real, fake = rng.normal(size=(60, 3)), rng.normal(size=(50, 3)) * 1.5 + 0.5
     got = precision_recall(real, fake, k=3)
     assert (got["precision"], got["recall"]) == pytest.approx(_pr_brute(real, fake, 3))
+    monkeypatch.setattr(prdc, "_CHUNK", 7)  # blockwise evaluation gives the same numbers
+    assert precision_recall(real, fake, k=3) == got
     same = precision_recall(real, real)
     assert same["precision"] == 1.0 and same["recall"] == 1.0 and same["coverage"] == 1.0
     far = precision_recall(real, real + 100.0)

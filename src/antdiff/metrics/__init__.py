@@ -19,7 +19,7 @@ from antdiff.metrics.classifier import classifier_stats
 from antdiff.metrics.features import FeatureNet, get_feature_net
 from antdiff.metrics.frechet import frechet_distance, frechet_distance_from_stats, gaussian_stats
 from antdiff.metrics.heldout import draw_heldout_triples, evaluate_heldout, heldout_loss
-from antdiff.metrics.precision_recall import precision_recall
+from antdiff.metrics.prdc import precision_recall
 from antdiff.metrics.toy import GaussianMixture, gmm_log_likelihood, mmd2_rbf, sliced_wasserstein
 
 __all__ = [

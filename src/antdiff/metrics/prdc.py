@@ -15,7 +15,7 @@ from torch import Tensor
 
 from antdiff.errors import AntError
 
-_CHUNK = 2048
+_CHUNK = 1024
 
 
 def _as_float64(x: Tensor | np.ndarray, name: str) -> Tensor:
@@ -29,35 +29,46 @@ def _as_float64(x: Tensor | np.ndarray, name: str) -> Tensor:
 
 def _distances(a: Tensor, b: Tensor) -> Tensor:
     """Exact Euclidean distances [len(a), len(b)]; no matmul trick, so self-distances are 0."""
-    rows = [
-        torch.cdist(a[i : i + _CHUNK], b, compute_mode="donot_use_mm_for_euclid_dist")
-        for i in range(0, len(a), _CHUNK)
-    ]
-    return torch.cat(rows)
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def knn_radii(features: Tensor, k: int = 3) -> Tensor:
     """Distance of each point to its k-th nearest neighbour in the same set (itself excluded)."""
     if len(features) <= k:
         raise AntError(f"k-NN radii need more than k={k} samples; got {len(features)}")
-    d = _distances(features, features)
-    return d.kthvalue(k + 1, dim=1).values  # the smallest distance (index 1) is the point itself
+    # the smallest distance in each row (index 1 of kthvalue) is the point itself
+    return torch.cat(
+        [
+            _distances(features[i : i + _CHUNK], features).kthvalue(k + 1, dim=1).values
+            for i in range(0, len(features), _CHUNK)
+        ]
+    )
 
 
 def precision_recall(
     real: Tensor | np.ndarray, fake: Tensor | np.ndarray, k: int = 3
 ) -> dict[str, float]:
-    """Precision, recall, density and coverage of `fake` against `real` features [N, D]."""
+    """Precision, recall, density and coverage of `fake` against `real` features [N, D].
+
+    Memory stays O(chunk x N): the distance matrix is visited in blocks of generated samples.
+    """
     r, f = _as_float64(real, "real"), _as_float64(fake, "generated")
     if r.shape[1] != f.shape[1]:
         raise AntError(f"feature dimensions differ: {r.shape[1]} vs {f.shape[1]}")
     r_rad, f_rad = knn_radii(r, k), knn_radii(f, k)
-    d = _distances(f, r)  # [N_fake, N_real]
-    inside_real = d <= r_rad[None, :]  # fake i lies in the ball of real j
-    inside_fake = d <= f_rad[:, None]  # real j lies in the ball of fake i
+    precise = density = 0.0
+    recalled = torch.zeros(len(r), dtype=torch.bool)
+    nearest_fake = torch.full((len(r),), float("inf"), dtype=torch.float64)
+    for i in range(0, len(f), _CHUNK):
+        d = _distances(f[i : i + _CHUNK], r)  # [chunk, N_real]
+        inside_real = d <= r_rad[None, :]  # fake i lies in the ball of real j
+        precise += float(inside_real.any(dim=1).sum())
+        density += float(inside_real.sum())
+        recalled |= (d <= f_rad[i : i + _CHUNK, None]).any(dim=0)  # real j in a fake ball
+        nearest_fake = torch.minimum(nearest_fake, d.min(dim=0).values)
     return {
-        "precision": float(inside_real.any(dim=1).to(torch.float64).mean()),
-        "recall": float(inside_fake.any(dim=0).to(torch.float64).mean()),
-        "density": float(inside_real.sum(dim=1).to(torch.float64).mean() / k),
-        "coverage": float((d.min(dim=0).values <= r_rad).to(torch.float64).mean()),
+        "precision": precise / len(f),
+        "recall": float(recalled.to(torch.float64).mean()),
+        "density": density / (k * len(f)),
+        "coverage": float((nearest_fake <= r_rad).to(torch.float64).mean()),
     }
