@@ -54,8 +54,8 @@ class FAMO(LossMethod):
         """FAMO objective at `losses`; first updates the logits from the previous losses."""
         self.check_losses(losses)
         present = self.present_mask(present, losses.device)
-        log_now = torch.log(losses.detach().to(torch.float64).cpu() + self.eps)
-        mask = present.cpu()
+        log_now = torch.log(losses.detach().to(self.logits) + self.eps)
+        mask = present.to(self.logits.device)
         self._update_logits(log_now, mask)
         self.prev_log_losses.copy_(torch.where(mask, log_now, self.prev_log_losses))
         self.prev_present.copy_(mask)
