@@ -113,15 +113,17 @@ class FeatureNet(nn.Module):
 
     @torch.no_grad()
     def _batched(self, x: Tensor, fn, batch_size: int) -> Tensor:
+        """Run fn in eval mode on the net's device (move the net with .to) and return on CPU."""
         was_training = self.training
         self.eval()
         x = self.prepare(x)
-        out = [fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        device = next(self.parameters()).device
+        out = [fn(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
         self.train(was_training)
         return torch.cat(out) if out else torch.empty(0)
 
     def features(self, x: Tensor, batch_size: int = 1024) -> Tensor:
-        """Penultimate activations [N, 128] (float32, CPU) of images in [-1, 1]."""
+        """Penultimate activations [N, 128] (float32, on CPU) of images in [-1, 1]."""
         return self._batched(x, self.body, batch_size)
 
     def logits(self, x: Tensor, batch_size: int = 1024) -> Tensor:
@@ -219,7 +221,7 @@ def get_feature_net(
     if dataset == "digits" and images is None:
         x, y, hx, hy = digits_split()
         heldout_images, heldout_labels = hx, hy
-        epochs = 30 if epochs is None else epochs
+        epochs = 15 if epochs is None else epochs
         batch_size = 64
     else:
         if images is None or labels is None:
