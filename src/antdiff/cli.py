@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -73,7 +74,8 @@ def _train(args: argparse.Namespace) -> int:
     from antdiff.train import train
 
     run_dir = train(cfg, resume=args.resume)
-    print(f"run written to {run_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run written to {run_dir}")
     return 0
 
 
