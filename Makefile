@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: ANT-UW (uncertainty weighting over 5 timestep intervals) on the 8x8 digits.
 demo: $(STAMP)
-	$(BIN)/antdiff cluster --schedule linear --timesteps 1000 -k 5 --cost timestep
-	$(BIN)/antdiff cluster --schedule linear --timesteps 1000 -k 5 --cost log-snr --plot demo-clusters.png
+	rm -rf runs/demo
+	$(BIN)/antdiff cluster --schedule linear --timesteps 1000 -k 5 --cost log-snr
+	$(BIN)/antdiff train --preset demo --out runs/demo
+	@echo "samples: runs/demo/samples.png  report: runs/demo/report.html"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

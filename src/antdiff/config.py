@@ -63,9 +63,9 @@ class TrainConfig:
 
 # Named starting points; any flag overrides them.
 PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {"dataset": "digits", "method": "uw", "clusters": "timestep:5", "steps": 1500,
-             "batch_size": 64, "lr": 2e-3, "ema_decay": 0.995, "checkpoint_every": 500,
-             "num_samples": 100},
+    "demo": {"dataset": "digits", "method": "uw", "clusters": "timestep:5", "steps": 3000,
+             "batch_size": 64, "lr": 2e-3, "ema_decay": 0.999, "checkpoint_every": 500,
+             "log_every": 100, "num_samples": 100},
     "digits": {"dataset": "digits", "steps": 4000, "batch_size": 128, "lr": 1e-3},
     "toy": {"dataset": "toy:gaussians8", "model": "mlp", "steps": 5000, "batch_size": 1024,
             "lr": 1e-3, "num_samples": 2000, "log_every": 250},
