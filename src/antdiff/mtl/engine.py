@@ -55,11 +55,13 @@ def mtl_backward(
 ) -> StepInfo:
     """Write the method's combined, unscaled, all-reduced gradient into the parameters' `.grad`.
 
-    loss_fn(index) runs the model on the LOCAL samples `index` and returns their per-sample
-    losses [len(index)]. task_ids [B_local] holds each local sample's task; task_counts [K] the
-    number of samples of each task in the GLOBAL batch (the same on every rank; None means the
-    local counts, single process only). Existing `.grad` are overwritten, also those of the
-    method's own parameters. Then: clip, and `optimizer.step()` if `finite`.
+    loss_fn(index) runs `model` (the DDP wrapper itself under DDP, so that gradient sync can be
+    switched off and on) on the LOCAL samples `index` and returns their per-sample losses
+    [len(index)]; it is called once per step, or once per task on a gradient method's refresh.
+    task_ids [B_local] holds each local sample's task; task_counts [K] the number of samples
+    of each task in the GLOBAL batch (the same on every rank; None means the local counts,
+    single process only). Existing `.grad` are overwritten, also those of the method's own
+    parameters. Then: clip, and `optimizer.step()` if `finite`.
     """
     ids, counts = _check_inputs(method, task_ids, task_counts, model)
     present = counts > 0
@@ -170,9 +172,9 @@ def _refresh_step(
     if scale != 1.0:
         buf.mul_(1.0 / scale)
     present_d = present.to(local.device)
-    if not bool(torch.isfinite(local[present_d]).all()) or not bool(torch.isfinite(buf).all()):
+    gramian = buf @ buf.T  # an inf/NaN anywhere in row k makes G[k, k] non-finite: no extra pass
+    if not bool(torch.isfinite(local[present_d]).all()) or not bool(gramian.isfinite().all()):
         return local, torch.zeros(k), False
-    gramian = buf @ buf.T
     weights = method.refresh(gramian, present.cpu())
     combined = weights.to(buf) @ buf
     offset = 0
