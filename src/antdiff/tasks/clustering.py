@@ -49,11 +49,18 @@ def median_cost(values: np.ndarray) -> np.ndarray:
     v = _check_values(values)
     T = v.shape[0]
     P = np.concatenate([[0.0], np.cumsum(v)])
-    l, r, c = _bounds(T, 0)
-    vc = v[c]
-    left = np.abs(P[c + 1] - P[l] - (c - l + 1) * vc)
-    right = np.abs(P[r + 1] - P[c] - (r - c + 1) * vc)
-    return np.where(l <= r, left + right, np.inf)
+    # The centre c = floor((l + r) / 2) depends on l + r only, so every c-term is a Hankel
+    # matrix H[l, r] = h[l + r]: a zero-copy strided view instead of T^2 gathers.
+    c = np.arange(2 * T - 1) // 2
+    vc = _hankel(v[c], T)
+    A = _hankel(P[c] - c * v[c], T)  # left half: P[c] - P[l] - (c - l) v_c
+    l = np.arange(T, dtype=np.float64)[:, None]
+    r1 = np.arange(1, T + 1, dtype=np.float64)[None, :]
+    left = np.abs(A - P[:-1, None] + l * vc)
+    right = np.abs(P[None, 1:] - r1 * vc - A)  # right half: P[r+1] - P[c] - (r + 1 - c) v_c
+    left += right
+    left[_below_diagonal(T)] = np.inf
+    return left
 
 
 def affinity_cost(affinity: np.ndarray, timesteps: int | None = None) -> np.ndarray:
@@ -88,10 +95,10 @@ def check_cost_matrix(C: np.ndarray) -> np.ndarray:
     C = np.asarray(C, dtype=np.float64)
     if C.ndim != 2 or C.shape[0] != C.shape[1]:
         raise AntError(f"a cost matrix must be square T x T, got shape {C.shape}")
-    upper = np.triu(np.ones(C.shape, dtype=bool))
-    if np.isnan(C[upper]).any() or np.isneginf(C[upper]).any():
+    below = _below_diagonal(C.shape[0])
+    if ((np.isnan(C) | np.isneginf(C)) & ~below).any():
         raise AntError("the cost matrix holds NaN or -inf on or above its diagonal")
-    return np.where(upper, C, np.inf)  # only l <= r is an interval
+    return np.where(below, np.inf, C)  # only l <= r is an interval
 
 
 def check_affinity(affinity: np.ndarray) -> np.ndarray:
@@ -144,6 +151,17 @@ def cluster(C: np.ndarray, k: int, objective: str = "custom") -> Clustering:
     """Optimal k-interval partition for the cost matrix C (see module docstring)."""
     lefts, total = cluster_dp(C, k)
     return Clustering(IntervalPartition.from_bounds(lefts, C.shape[0]), total, objective)
+
+
+def _below_diagonal(T: int) -> np.ndarray:
+    """Boolean mask of the entries l > r, which are not intervals."""
+    return np.tri(T, k=-1, dtype=bool)
+
+
+def _hankel(h: np.ndarray, T: int) -> np.ndarray:
+    """Read-only view H[l, r] = h[l + r] of a length 2T-1 array."""
+    h = np.ascontiguousarray(h)
+    return np.lib.stride_tricks.as_strided(h, (T, T), (h.strides[0],) * 2, writeable=False)
 
 
 def _bounds(T: int, shift: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
