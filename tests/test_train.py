@@ -210,3 +210,24 @@ def test_ddp_two_processes_equal_one(tmp_path) -> None:
             # on near-zero gradients elementwise, so compare tensors, not single entries)
             rel = (a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)
             assert rel <= 1e-4, (method, k, float(rel))
+
+
+def test_evaluate_json_and_eval_every(tmp_path, capsys) -> None:
+    out = run(tmp_path, "ev", method="uw", steps=4, eval_every=2, eval_num=130)
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4] and "fd" in evals[0]["eval"]
+    assert "Evaluation over training" in (out / "report.html").read_text()
+    argv = ["evaluate", "--run", str(out), "--num", "130", "--steps", "2", "--json"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"fd", "precision", "recall", "num_samples", "fd_halves", "fd_noise"} <= result.keys()
+    assert result["num_samples"] == 130
+    intervals = result["heldout"]["intervals"]
+    assert [iv["interval"] for iv in intervals] == [[0, 199], [200, 399], [400, 599],
+                                                   [600, 799], [800, 999]]  # fmt: skip
+    assert all(iv["mean"] > 0 for iv in intervals)
+    assert json.loads((out / "metrics.json").read_text())["fd"] == result["fd"]
+    assert main(argv) == 0  # same seed -> same numbers
+    assert json.loads(capsys.readouterr().out)["fd"] == result["fd"]

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from antdiff.errors import AntError
 
@@ -96,6 +97,23 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from antdiff.evaluate import evaluate_run
+
+    result = evaluate_run(args.run, num=args.num, sampler=args.sampler, steps=args.steps,
+                          guidance=args.guidance, seed=args.seed)  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            if not isinstance(value, dict | list):
+                print(f"{key:>16}: {value}")
+        for row in result.get("heldout", {}).get("intervals", []):
+            print(f"held-out loss {row['interval']}: {row['mean']:.5f} +- {row['sem']:.5f}")
+        print(f"written to {Path(args.run) / 'metrics.json'}")
+    return 0
+
+
 def _json_object(text: str, name: str) -> dict:
     try:
         value = json.loads(text)
@@ -169,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, metavar="FILE", help="FILE.npz (+ .png) or FILE.png")
     s.set_defaults(func=_sample)
+
+    v = sub.add_parser("evaluate", help="FD, precision/recall, held-out loss per interval")
+    v.add_argument("--run", required=True, metavar="DIR")
+    v.add_argument("--num", type=int, default=500, help="number of samples")
+    v.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default="ddim")
+    v.add_argument("--steps", type=int, default=50)
+    v.add_argument("--guidance", type=float, default=1.0)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.set_defaults(func=_evaluate)
 
     e = sub.add_parser("export", help="write a run's EMA model as a diffusers pipeline")
     e.add_argument("--run", required=True, metavar="DIR")

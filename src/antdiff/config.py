@@ -22,7 +22,8 @@ class TrainConfig:
     dataset: str = "digits"  # digits | toy:NAME | folder:PATH | npz:PATH | mnist:DIR
     resolution: int | None = None  # resize images to this side length
     vae: str | None = None  # AutoencoderKL path: train in its latent space (LDM-like)
-    holdout: int = 0  # samples kept out of training (held-out evaluation)
+    holdout: int | None = None  # images kept out of training for the held-out loss; None: 300
+    # for digits, 0 otherwise
     model: str = "auto"  # a name from `antdiff models`, or auto (by data shape)
     model_options: dict[str, Any] = field(default_factory=dict)
     conditional: bool = False  # class-conditional (needs labels); CFG at sampling
@@ -34,6 +35,7 @@ class TrainConfig:
     # ANT: tasks and the multi-task method
     clusters: str = "timestep:5"  # timestep:K | snr:K | log-snr:K | affinity:K:FILE.npy
     sampling: str = "stratified"  # stratified (B/K per interval, the paper) | uniform
+    timestep_range: str | None = None  # "L:R": train only on t in [L, R] (a specialist, O2)
     method: str = "uw"  # vanilla | uw | famo | pcgrad | nash | torchjd:NAME
     method_options: dict[str, Any] = field(default_factory=dict)
     weighting: str = "constant"  # constant | min-snr[:gamma] | p2[:gamma=,k=] | soft-min-snr
@@ -56,9 +58,17 @@ class TrainConfig:
     sampler: str = "ddim"
     sample_steps: int = 50
     guidance: float = 1.0
+    eval_every: int = 0  # evaluate the EMA model every N steps (0: never), into metrics.jsonl
+    eval_num: int = 500  # samples per evaluation
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def heldout_size(self) -> int:
+        if self.holdout is not None:
+            return self.holdout
+        return 300 if self.dataset == "digits" else 0
 
 
 # Named starting points; any flag overrides them.
@@ -123,12 +133,27 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.prediction in ("epsilon", "v"), f"unknown prediction {cfg.prediction!r}"),
         (cfg.log_every >= 1 and cfg.checkpoint_every >= 1, "log/checkpoint intervals must be >= 1"),
         (cfg.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
-        (cfg.holdout >= 0, f"holdout must be >= 0, got {cfg.holdout}"),
+        (cfg.holdout is None or cfg.holdout >= 0, f"holdout must be >= 0, got {cfg.holdout}"),
+        (cfg.eval_every >= 0 and cfg.eval_num >= 2, "eval_every must be >= 0, eval_num >= 2"),
         (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip must be > 0 (or unset)"),
     ]
     for ok, message in checks:
         if not ok:
             raise AntError(message)
+    timestep_range(cfg)
+
+
+def timestep_range(cfg: TrainConfig) -> tuple[int, int] | None:
+    """The inclusive [L, R] of `timestep_range` ("L:R"), validated against T; None when unset."""
+    if cfg.timestep_range is None:
+        return None
+    try:
+        lo, hi = (int(v) for v in cfg.timestep_range.split(":"))
+    except ValueError:
+        raise AntError(f"timestep_range must be L:R, got {cfg.timestep_range!r}") from None
+    if not 0 <= lo <= hi < cfg.timesteps:
+        raise AntError(f"timestep_range {lo}:{hi} must satisfy 0 <= L <= R < {cfg.timesteps}")
+    return lo, hi
 
 
 def read_config_file(path: str) -> dict[str, Any]:

@@ -43,6 +43,26 @@ def _curves(rows: list[dict], key: str, ylabel: str, log: bool) -> str:
     return _png(fig)
 
 
+def _eval_curves(rows: list[dict]) -> str | None:
+    """FD (or SWD for points) and held-out loss per interval over training (--eval-every)."""
+    evals = [(r["step"], r["eval"]) for r in rows if "eval" in r]
+    if not evals:
+        return None
+    steps = [s for s, _ in evals]
+    key = "fd" if "fd" in evals[0][1] else "swd"
+    fig = Figure(figsize=(9, 3))
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(steps, [e.get(key) for _, e in evals], marker="o")
+    ax1.set(xlabel="step", ylabel=key)
+    if "heldout" in evals[0][1]:
+        per = np.array([[iv["mean"] for iv in e["heldout"]["intervals"]] for _, e in evals])
+        for k in range(per.shape[1]):
+            ax2.plot(steps, per[:, k], marker=".", label=f"task {k}")
+        ax2.set(xlabel="step", ylabel="held-out loss", yscale="log")
+        ax2.legend(fontsize=7)
+    return _png(fig)
+
+
 def _partition_png(part: IntervalPartition, schedule: NoiseSchedule) -> str:
     from antdiff.plots import plot_partition
 
@@ -68,6 +88,9 @@ def write_report(run_dir: str | Path) -> Path:
         sections.append(("Per-task loss", f'<img src="data:image/png;base64,{img}">'))
         img = _curves(rows, "weights", "weight on task loss", log=False)
         sections.append(("Method weights", f'<img src="data:image/png;base64,{img}">'))
+    img = _eval_curves(rows)
+    if img:
+        sections.append(("Evaluation over training", f'<img src="data:image/png;base64,{img}">'))
     img = _partition_png(part, schedule)
     sections.append(
         ("Tasks: the partition over log-SNR", f'<img src="data:image/png;base64,{img}">')

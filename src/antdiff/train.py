@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from antdiff import distributed
 from antdiff.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from antdiff.config import TrainConfig
+from antdiff.config import TrainConfig, timestep_range
 from antdiff.data import Dataset, load_dataset
 from antdiff.diffusion import per_sample_loss
 from antdiff.errors import AntError
@@ -38,7 +38,7 @@ from antdiff.weighting import build_weighting
 
 # Config keys that may change on --resume (they do not change what is being trained).
 RESUMABLE = {"steps", "out", "log_every", "checkpoint_every", "keep_checkpoints", "num_samples",
-             "sampler", "sample_steps", "guidance", "device"}  # fmt: skip
+             "sampler", "sample_steps", "guidance", "device", "eval_every", "eval_num"}  # fmt: skip
 
 
 @dataclass
@@ -63,8 +63,8 @@ def load_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
     data = load_dataset(cfg.dataset, cfg.resolution, cfg.vae)
     if cfg.conditional and data.labels is None:
         raise AntError(f"--conditional needs labels, and {data.name} has none")
-    if cfg.holdout:
-        return data.split(cfg.holdout, seed=0)
+    if cfg.heldout_size:
+        return data.split(cfg.heldout_size, seed=0)
     return data, None
 
 
@@ -100,6 +100,19 @@ def draw_batch(cfg: TrainConfig, n_data: int, shape: list[int], sampler: Any, st
     return Batch(index[perm], t[perm], task[perm], noise[perm], drop[perm])
 
 
+class RangeSampler:
+    """t ~ U{L..R} only: a specialist on one interval (negative transfer, O2); ids by lookup."""
+
+    name = "range"
+
+    def __init__(self, bounds: tuple[int, int], partition: IntervalPartition) -> None:
+        self.bounds, self.partition = bounds, partition
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> tuple:
+        t = torch.randint(self.bounds[0], self.bounds[1] + 1, (batch_size,), generator=generator)
+        return t, self.partition.task_of(t)
+
+
 class Trainer:
     """Holds the components of one run; `fit()` runs the loop."""
 
@@ -118,6 +131,8 @@ class Trainer:
                 f"{self.partition.k}: stratified sampling needs at least one sample per task"
             )
         self.sampler = build_sampler(cfg.sampling, self.partition)
+        if cfg.timestep_range is not None:
+            self.sampler = RangeSampler(timestep_range(cfg), self.partition)
         dev = self.dist.device
         self.model = make_model(cfg, self.meta).to(dev)
         self.method: MTLMethod = build_method(cfg.method, self.partition.k, **cfg.method_options)
@@ -215,6 +230,26 @@ class Trainer:
             self.dist.barrier()
         return path
 
+    def evaluate(self) -> None:
+        """Metrics of the current EMA weights, appended to metrics.jsonl (rank 0 only)."""
+        if self.dist.main:
+            from antdiff.evaluate import evaluate_model
+
+            params = list(self.model.parameters())
+            self.ema.store(params)
+            self.ema.copy_to(params)
+            try:
+                result = evaluate_model(self.model, self.cfg, self.meta, self.schedule,
+                                        self.partition, num=self.cfg.eval_num,
+                                        sampler=self.cfg.sampler, steps=self.cfg.sample_steps,
+                                        guidance=self.cfg.guidance, seed=self.cfg.seed)  # fmt: skip
+            finally:
+                self.ema.restore(params)
+                self.model.train()
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, "eval": result}) + "\n")
+        self.dist.barrier()
+
     # ------------------------------------------------------------------ the loop
     def loss_fn(self, batch: Batch, local: torch.Tensor):
         """Per-sample (weighted) losses of the local samples `index` of this rank's slice."""
@@ -276,6 +311,8 @@ class Trainer:
                 progress.update(self.step, row["loss"])
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                self.evaluate()
         progress.close()
         return self.run_dir
 

@@ -257,7 +257,8 @@ def get_feature_net(
         net.source = "cache"
     else:
         start = time.perf_counter()
-        net = _train(x, y, recipe)
+        with torch.enable_grad():  # callers may be inside torch.no_grad() (evaluation)
+            net = _train(x, y, recipe)
         net.source = "trained"
         meta = {
             "recipe": json.dumps(asdict(recipe)),
