@@ -22,6 +22,7 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/antdiff cluster --schedule linear --timesteps 1000 -k 5 --cost log-snr
 	$(BIN)/antdiff train --preset demo --out runs/demo
+	$(BIN)/antdiff evaluate --run runs/demo --num 500
 	@echo "samples: runs/demo/samples.png  report: runs/demo/report.html"
 
 lint: $(STAMP)

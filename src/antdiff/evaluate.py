@@ -102,6 +102,9 @@ def evaluate_run(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     result = {"step": run.step, **evaluate_model(run.model, run.cfg, run.meta, run.schedule,
                                                  run.partition, **kwargs)}  # fmt: skip
     (run.path / "metrics.json").write_text(json.dumps(result, indent=1))
+    from antdiff.report import write_report
+
+    write_report(run.path)  # the report shows the new numbers
     return result
 
 
