@@ -96,8 +96,8 @@ def mtl_backward(
         )
     if finite:
         method.advance()
-    refreshed = step is _refresh_step
-    return StepInfo(losses, weights.detach().float().cpu(), finite, refreshed)
+    weights = torch.where(present, weights.detach().float().cpu(), 0.0)  # cached: absent -> 0
+    return StepInfo(losses, weights, finite, refreshed=step is _refresh_step)
 
 
 def task_sums(per_sample: Tensor, task_ids: Tensor, num_tasks: int) -> Tensor:

@@ -72,7 +72,7 @@ class TorchJDMethod(GramianMethod):
     def weighting(self, gramian: Tensor) -> Tensor:
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self.rng_state)
-            weights = self.inner(gramian.to(torch.float32))
+            weights = self.inner(gramian.to(torch.float64))
             self.rng_state = torch.get_rng_state()
         return weights.detach().to(torch.float64)
 
