@@ -145,9 +145,9 @@ class Trainer:
             lr=cfg.lr, weight_decay=cfg.weight_decay,
         )  # fmt: skip
         self.ema = EMAModel(self.model.parameters(), decay=cfg.ema_decay)
-        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         if cfg.precision != "fp32" and dev.type != "cuda":
             raise AntError(f"--precision {cfg.precision} needs a GPU; use fp32 on the CPU")
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.clip = cfg.grad_clip or self.method.default_max_grad_norm
         self.x = self.data.x.to(dev)
         self.labels = None if self.data.labels is None else self.data.labels.to(dev)
