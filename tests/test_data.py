@@ -233,27 +233,6 @@ def test_idx_errors(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- VAE latents
-@pytest.fixture()
-def tiny_vae(tmp_path: Path) -> str:
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=8,
-        scaling_factor=0.5,
-    )
-    vae.save_pretrained(tmp_path / "vae")
-    return str(tmp_path / "vae")
-
-
 def test_vae_latents_are_cached(
     tmp_path: Path, tiny_vae: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

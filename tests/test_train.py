@@ -231,3 +231,26 @@ def test_evaluate_json_and_eval_every(tmp_path, capsys) -> None:
     assert json.loads((out / "metrics.json").read_text())["fd"] == result["fd"]
     assert main(argv) == 0  # same seed -> same numbers
     assert json.loads(capsys.readouterr().out)["fd"] == result["fd"]
+
+
+def test_conditional_training_samples_with_guidance(tmp_path) -> None:
+    out = run(tmp_path, "cond", conditional=True, steps=4, guidance=2.0)
+    assert json.loads((out / "run.json").read_text())["num_classes"] == 10
+    assert main(["sample", "--run", str(out), "--num", "10", "--steps", "2", "--guidance", "3",
+                 "--out", str(tmp_path / "c.png")]) == 0  # fmt: skip
+    assert (tmp_path / "c.png").is_file()
+
+
+def test_dit_model_trains(tmp_path) -> None:
+    out = run(tmp_path, "dit", model="dit-tiny", method="pcgrad", steps=3)
+    assert all(torch.isfinite(v).all() for v in final_weights(out).values())
+
+
+def test_latent_training_decodes_samples(tmp_path, tiny_vae) -> None:
+    out = run(tmp_path, "ldm", vae=tiny_vae, steps=3, num_samples=4)
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["kind"] == "latent" and meta["shape"] == [4, 4, 4]
+    from antdiff.run import load_run, sample_run
+
+    x = sample_run(load_run(out), 3, steps=2)
+    assert x.shape == (3, 1, 8, 8)  # decoded back to pixels
