@@ -74,9 +74,10 @@ def evaluate_model(
         x = decode_latents(x, meta["vae"])
     out: dict[str, Any] = {"sampler": sampler, "sample_steps": steps, "guidance": guidance,
                            "seed": seed}  # fmt: skip
-    if meta["kind"] == "points":
+    if meta["kind"] == "points":  # reference: a seeded subset of at most 5,000 true points
         mixture = full.meta if "means" in full.meta else None
-        out.update(evaluate_samples(x, full.x, kind="points", mixture=mixture, seed=seed))
+        real = full.x[torch.randperm(len(full.x), generator=g)[:5000]]
+        out.update(evaluate_samples(x, real, kind="points", mixture=mixture, seed=seed))
     else:
         net = feature_net_for(full)
         out.update(evaluate_samples(x.clamp(-1, 1), full.x, kind="image", labels=labels,
