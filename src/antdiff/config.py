@@ -78,7 +78,8 @@ PRESETS: dict[str, dict[str, Any]] = {
              "log_every": 100, "num_samples": 100},
     "digits": {"dataset": "digits", "steps": 4000, "batch_size": 128, "lr": 1e-3},
     "toy": {"dataset": "toy:gaussians8", "model": "mlp", "steps": 5000, "batch_size": 1024,
-            "lr": 1e-3, "num_samples": 2000, "log_every": 250},
+            "lr": 1e-3, "num_samples": 2000, "log_every": 250, "sampler": "ddpm",
+            "sample_steps": 1000},
     "mnist": {"dataset": "mnist:DIR", "model": "unet-small", "steps": 20000, "batch_size": 128,
               "lr": 2e-4, "checkpoint_every": 2000},
 }  # fmt: skip
