@@ -377,3 +377,18 @@ def test_torchjd_names_options_and_missing_extra(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(module.importlib, "import_module", missing)
     with pytest.raises(AntError, match=r"pip install 'ant-diffusion\[torchjd\]'"):
         build_method("torchjd:upgrad", 3)
+
+
+def test_nash_on_nearly_collinear_float32_gradients() -> None:
+    """The regime of real training: K similar gradients, Gramian formed in float32 (cond ~1e6)."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        k = 10 if trial % 2 else 5
+        base = torch.randn(1, 5000, generator=gen)
+        noise = 10 ** -(1 + 3 * torch.rand(1, generator=gen))
+        jac = (base + noise * torch.randn(k, 5000, generator=gen)) * 10 ** (
+            2 * torch.rand(k, 1, generator=gen) - 1
+        )
+        gram = (jac @ jac.T).double()  # float32 product, as the engine forms it
+        a = nash_weights(gram)
+        assert (a > 0).all() and (a * (gram @ a) - 1).abs().max() < 1e-6
