@@ -380,15 +380,18 @@ def test_torchjd_names_options_and_missing_extra(monkeypatch: pytest.MonkeyPatch
 
 
 def test_nash_on_nearly_collinear_float32_gradients() -> None:
-    """The regime of real training: K similar gradients, Gramian formed in float32 (cond ~1e6)."""
+    """The regime of real training: K similar gradients, Gramian formed in float32 (cond ~1e7).
+
+    Trial 144 of this sequence once raised a spurious NashSolverError (Newton stalled at the
+    rounding floor of f with residual 2e-8); every trial must solve to 1e-6.
+    """
     gen = torch.Generator().manual_seed(0)
-    for trial in range(20):
+    for trial in range(150):
         k = 10 if trial % 2 else 5
-        base = torch.randn(1, 5000, generator=gen)
-        noise = 10 ** -(1 + 3 * torch.rand(1, generator=gen))
-        jac = (base + noise * torch.randn(k, 5000, generator=gen)) * 10 ** (
-            2 * torch.rand(k, 1, generator=gen) - 1
-        )
+        base = torch.randn(1, 20000, generator=gen)
+        noise = 10 ** -(1 + 4 * torch.rand(1, generator=gen))
+        scale = 10 ** (2 * torch.rand(k, 1, generator=gen) - 1)
+        jac = (base + noise * torch.randn(k, 20000, generator=gen)) * scale
         gram = (jac @ jac.T).double()  # float32 product, as the engine forms it
         a = nash_weights(gram)
-        assert (a > 0).all() and (a * (gram @ a) - 1).abs().max() < 1e-6
+        assert (a > 0).all() and (a * (gram @ a) - 1).abs().max() < 1e-6, trial
