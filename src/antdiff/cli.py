@@ -114,6 +114,99 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _affinity(args: argparse.Namespace) -> int:
+    from antdiff.analysis.affinity import run_affinity, save_affinity, summary_line
+    from antdiff.analysis.report import write_experiment_report
+    from antdiff.report import write_report
+
+    own = args.out is None
+    out = Path(args.run) / "affinity" if own else Path(args.out)
+    result = run_affinity(args.run, checkpoints=args.checkpoints, bins=args.bins,
+                          probe=args.probe, sketch_dim=args.sketch_dim,
+                          projection=args.projection, ema=args.weights == "ema", seed=args.seed,
+                          device=args.device)  # fmt: skip
+    npz = save_affinity(result, out)
+    report = write_report(args.run) if own else write_experiment_report(out)
+    print(summary_line(result))
+    print(f"written to {npz} (+ affinity.npy, affinity.png); report {report}")
+    return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from antdiff.analysis.transfer import TransferPlan, run_transfer, summary_table
+    from antdiff.config import read_config_file
+
+    base = read_config_file(args.config) if args.config else {}
+    names = ("dataset", "resolution", "model", "steps", "batch_size", "lr", "ema_decay",
+             "schedule", "holdout")  # fmt: skip
+    base.update({k: getattr(args, k) for k in names if getattr(args, k) is not None})
+    if args.seeds < 1:
+        raise AntError(f"--seeds must be >= 1, got {args.seeds}")
+    plan = TransferPlan(base, intervals=args.intervals, seeds=list(range(args.seeds)),
+                        method=args.method, budget=args.budget, out=args.out,
+                        num_samples=args.num_samples, sampler=args.sampler,
+                        sample_steps=args.sample_steps, per_interval=args.per_interval,
+                        jobs=args.jobs)  # fmt: skip
+    result = run_transfer(plan)
+    print(summary_table(result))
+    print(f"written to {Path(args.out) / 'transfer.json'} (+ transfer.png, report.html)")
+    return 0
+
+
+def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
+    """`antdiff affinity` (O1) and `antdiff transfer` (O2)."""
+    a = sub.add_parser("affinity", help="task affinity between timestep bins (O1), heat maps")
+    a.add_argument("--run", required=True, metavar="DIR")
+    a.add_argument(
+        "--checkpoints",
+        default="last",
+        metavar="last|all|LIST",
+        help="checkpoints to average over: last, all kept, or steps like 500,1000",
+    )
+    a.add_argument("--bins", type=int, default=50, help="equal timestep bins (default 50)")
+    a.add_argument("--probe", type=int, default=64, help="fixed probe images (default 64)")
+    a.add_argument("--sketch-dim", type=int, default=1024, help="sketch size M; 0: exact")
+    a.add_argument("--projection", choices=["countsketch", "gaussian"], default="countsketch")
+    a.add_argument(
+        "--weights",
+        choices=["raw", "ema"],
+        default="raw",
+        help="raw training iterates (the paper's) or EMA weights",
+    )
+    a.add_argument("--seed", type=int, default=0, help="probe, noise and projection seed")
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--out", metavar="DIR", help="default: RUN/affinity (shown in report.html)")
+    a.set_defaults(func=_affinity)
+
+    t = sub.add_parser("transfer", help="negative-transfer gap of interval specialists (O2)")
+    t.add_argument("--dataset", help="(default digits)")
+    t.add_argument("--resolution", type=int)
+    t.add_argument("--model", help="(default auto)")
+    t.add_argument("--intervals", default="timestep:5", help="timestep:K, log-snr:K, or L:R,...")
+    t.add_argument("--steps", type=int, default=1000, help="generalist steps (default 1000)")
+    t.add_argument("--seeds", type=int, default=3, help="seeds 0..S-1 (default 3)")
+    t.add_argument("--method", default="vanilla", help="generalist: vanilla or an ANT method")
+    t.add_argument(
+        "--budget",
+        choices=["steps", "samples"],
+        default="steps",
+        help="specialist steps: the generalist's, or steps*|I|/T (equal samples)",
+    )
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--ema-decay", type=float, default=0.995)
+    t.add_argument("--schedule", default=None, help="(default linear)")
+    t.add_argument("--holdout", type=int, help="held-out samples (default 300)")
+    t.add_argument("--config", metavar="FILE", help="other training settings (JSON/TOML)")
+    t.add_argument("--num-samples", type=int, default=500, help="samples per FD (default 500)")
+    t.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default="ddim")
+    t.add_argument("--sample-steps", type=int, default=50)
+    t.add_argument("--per-interval", type=int, default=128, help="held-out triples/interval")
+    t.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+    t.add_argument("--out", default="runs/transfer", metavar="DIR")
+    t.set_defaults(func=_transfer)
+
+
 def _json_object(text: str, name: str) -> dict:
     try:
         value = json.loads(text)
@@ -202,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, metavar="DIR")
     e.add_argument("--out", required=True, metavar="DIR")
     e.set_defaults(func=_export)
+    _add_analysis_parsers(sub)
     return p
 
 

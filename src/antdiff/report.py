@@ -71,6 +71,14 @@ def _partition_png(part: IntervalPartition, schedule: NoiseSchedule) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def analysis_sections(run_dir: str | Path) -> list[tuple[str, str]]:
+    """Task affinity (O1) written by `antdiff affinity` into RUN/affinity/, if present."""
+    from antdiff.analysis.report import affinity_section
+
+    section = affinity_section(Path(run_dir) / "affinity")
+    return [section] if section else []
+
+
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
@@ -99,6 +107,7 @@ def write_report(run_dir: str | Path) -> Path:
     if metrics.is_file():
         text = html.escape(json.dumps(json.loads(metrics.read_text()), indent=1))
         sections.append(("Evaluation", f"<pre>{text}</pre>"))
+    sections.extend(analysis_sections(run_dir))
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                     for k, v in cfg.to_dict().items())  # fmt: skip
     sections.append(("Configuration", f"<table>{table}</table>"))

@@ -1,0 +1,416 @@
+"""Negative transfer between denoising tasks (Go et al. 2023, Sec. 3, observation O2).
+
+A generalist is trained on all timesteps, and one specialist per interval I_j on I_j only (a run
+with `timestep_range`). A full sample needs both: the mixture denoiser uses the specialist for
+t in I_j and the generalist elsewhere, inside one reverse loop. Then
+
+    NTG_j = FD(mixture_j) - FD(generalist)          (lower FD is better)
+
+so NTG_j < 0 means the specialist does better on I_j: negative transfer (the paper's sign). FD is
+the Frechet distance on the project's classifier features (sliced Wasserstein for 2-D points).
+Beside it, the same gap in held-out denoising loss on I_j, on the same (image, t, noise) triples
+for both models (paired): heldout_gap_j = L_specialist(I_j) - L_generalist(I_j).
+
+Budgets: `steps` gives every specialist the generalist's steps (it sees about k times more
+samples of its interval); `samples` gives it round(steps * |I_j| / T) steps (steps / k for equal
+intervals), the generalist's expected number of samples from I_j. The generalist is vanilla
+(uniform t) or, with an MTL method, ANT-trained on the same intervals (stratified batches).
+Every run is seeded; mixture and generalist are sampled from the same initial noise (paired).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from antdiff.config import TrainConfig, make_config
+from antdiff.errors import AntError
+from antdiff.schedule import NoiseSchedule
+from antdiff.tasks import IntervalPartition, partition_from_spec
+
+BUDGETS = ("steps", "samples")
+DEFAULT_HOLDOUT = 300  # held-out samples when the data set has no default (digits: 300)
+FD_FEATURES = 128  # the feature net's dimension: FD needs more samples than this
+
+
+# ----------------------------------------------------------------------------- the mixture
+class MixtureDenoiser(nn.Module):
+    """model(x, t, y): the specialist where t lies in [l, r] (inclusive), the generalist elsewhere.
+
+    Works per sample, so a batch may mix timesteps; sampling loops call it with one t.
+    """
+
+    def __init__(self, generalist: nn.Module, specialist: nn.Module, interval: tuple[int, int]):
+        super().__init__()
+        self.generalist, self.specialist = generalist, specialist
+        self.interval = (int(interval[0]), int(interval[1]))
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.generalist, "num_classes", 0))
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        t = torch.as_tensor(t, device=x.device).long().expand(x.shape[0])
+        inside = (t >= self.interval[0]) & (t <= self.interval[1])
+        if bool(inside.all()):
+            return self.specialist(x, t, y)
+        if not bool(inside.any()):
+            return self.generalist(x, t, y)
+        out = torch.empty_like(x)
+        for mask, model in ((inside, self.specialist), (~inside, self.generalist)):
+            out[mask] = model(x[mask], t[mask], None if y is None else y[mask]).to(x.dtype)
+        return out
+
+
+# ----------------------------------------------------------------------------- the plan
+def parse_intervals(spec: str, schedule: NoiseSchedule) -> IntervalPartition:
+    """`timestep:K`, `log-snr:K`, ... (clustered), or explicit inclusive `0:199,200:399,...`."""
+    if spec and spec[0].isdigit():
+        try:
+            pairs = [tuple(int(v) for v in part.split(":")) for part in spec.split(",")]
+        except ValueError:
+            raise AntError(f"bad --intervals {spec!r}; use timestep:K or L:R,L:R,...") from None
+        if any(len(p) != 2 for p in pairs):
+            raise AntError(f"bad --intervals {spec!r}; each interval is L:R (inclusive)")
+        return IntervalPartition(tuple(pairs), schedule.timesteps)  # checks they cover 0..T-1
+    return partition_from_spec(spec, schedule).partition
+
+
+@dataclass
+class TransferPlan:
+    """Everything that determines the experiment; `base` holds the shared TrainConfig values."""
+
+    base: dict[str, Any]
+    intervals: str = "timestep:5"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    method: str = "vanilla"
+    budget: str = "steps"
+    out: str = "runs/transfer"
+    num_samples: int = 500
+    sampler: str = "ddim"
+    sample_steps: int = 50
+    per_interval: int = 128  # held-out triples per interval
+    jobs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.base.get("holdout") is None and self.base.get("dataset", "digits") != "digits":
+            self.base = {**self.base, "holdout": DEFAULT_HOLDOUT}
+        base = make_config(self.base)  # validates the shared settings
+        if self.budget not in BUDGETS:
+            raise AntError(f"unknown --budget {self.budget!r}; choose from {', '.join(BUDGETS)}")
+        if not self.seeds:
+            raise AntError("--seeds must be >= 1")
+        if self.jobs < 1 or self.per_interval < 1 or self.sample_steps < 1:
+            raise AntError("--jobs, --per-interval and --sample-steps must be >= 1")
+        schedule = NoiseSchedule.from_name(base.schedule, base.timesteps)
+        self.partition = parse_intervals(self.intervals, schedule)
+        if self.intervals[0].isdigit() and self.method != "vanilla":
+            raise AntError("an ANT generalist needs --intervals as a cluster spec (timestep:K)")
+
+    @property
+    def k(self) -> int:
+        return self.partition.k
+
+    @property
+    def generalist_steps(self) -> int:
+        return int(self.base.get("steps", TrainConfig.steps))
+
+    def specialist_steps(self, j: int) -> int:
+        steps = self.generalist_steps
+        if self.budget == "steps":
+            return steps
+        return max(1, round(steps * int(self.partition.widths[j]) / self.partition.timesteps))
+
+    def run_dir(self, seed: int, j: int | None) -> Path:
+        name = "generalist" if j is None else f"specialist{j}"
+        return Path(self.out) / f"seed{seed}" / name
+
+    def config(self, seed: int, j: int | None) -> TrainConfig:
+        """The generalist's (j None) or specialist j's training config for one seed."""
+        steps = self.generalist_steps if j is None else self.specialist_steps(j)
+        quiet = {
+            "log_every": max(1, steps // 4),
+            "checkpoint_every": steps,
+            "keep_checkpoints": 1,
+            "num_samples": 16,
+            "sample_steps": 10,
+            "eval_every": 0,
+        }
+        if j is None:
+            spec = self.intervals if not self.intervals[0].isdigit() else f"timestep:{self.k}"
+            vanilla = self.method == "vanilla"
+            role = {
+                "clusters": spec,
+                "method": self.method,
+                "sampling": "uniform" if vanilla else "stratified",
+            }
+        else:
+            lo, hi = self.partition.intervals[j]
+            role = {
+                "clusters": "timestep:1",
+                "method": "vanilla",
+                "sampling": "uniform",
+                "timestep_range": f"{lo}:{hi}",
+            }
+        out = str(self.run_dir(seed, j))
+        return make_config({**self.base, **quiet, **role, "steps": steps, "seed": seed, "out": out})
+
+    def all_configs(self) -> list[TrainConfig]:
+        return [self.config(s, j) for s in self.seeds for j in (None, *range(self.k))]
+
+
+# ----------------------------------------------------------------------------- execution
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _pool_map(fn: Callable, items: Iterable, jobs: int) -> list:
+    """map in this process (jobs=1) or in `jobs` spawned processes with cores/jobs threads each."""
+    items = list(items)
+    if jobs == 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(
+        jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+    ) as pool:
+        return list(pool.map(fn, items))
+
+
+def train_or_resume(cfg_values: dict[str, Any]) -> str:
+    """Train one run; a run dir that already holds a checkpoint is resumed (or reused if done)."""
+    from antdiff.checkpoint import latest_checkpoint
+    from antdiff.train import train
+
+    cfg = make_config(cfg_values)
+    resume = latest_checkpoint(cfg.out, missing_ok=True) is not None
+    return str(train(cfg, resume=resume))
+
+
+class SampleMetric:
+    """FD on the project's classifier features (images) or sliced Wasserstein (2-D points),
+    against all real data; the real side is computed once."""
+
+    def __init__(self, cfg: TrainConfig, kind: str) -> None:
+        from antdiff.data import load_dataset
+
+        data = load_dataset(cfg.dataset, cfg.resolution)  # pixels/points (latents get decoded)
+        self.kind = kind
+        if kind == "points":  # a seeded subset of at most 5,000 true points
+            self.name = "swd"
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+            self.real = data.x[order[:5000]]
+        else:
+            from antdiff.evaluate import feature_net_for
+
+            self.name = "fd"
+            self.net = feature_net_for(data)
+            self.real = self.net.features(data.x)
+
+    def __call__(self, x: Tensor) -> float:
+        from antdiff.metrics import frechet_distance, sliced_wasserstein
+
+        if self.kind == "points":
+            return sliced_wasserstein(x, self.real, seed=0)
+        return frechet_distance(self.net.features(x.clamp(-1, 1)), self.real)
+
+
+@torch.no_grad()
+def _heldout_losses(model: nn.Module, triples: Any, cfg: TrainConfig, alphas: Tensor) -> Tensor:
+    from antdiff.diffusion import per_sample_loss
+
+    model.eval()
+    out = []
+    for a in range(0, len(triples.t), 256):
+        sl = slice(a, a + 256)
+        out.append(
+            per_sample_loss(
+                model,
+                triples.x0[sl],
+                triples.t[sl],
+                triples.noise[sl],
+                alphas,
+                prediction=cfg.prediction,
+            ).double()
+        )
+    return torch.cat(out)
+
+
+def evaluate_seed(args: tuple[TransferPlan, int]) -> dict[str, Any]:
+    """Sample metric of the generalist and of each mixture (same initial noise: paired), and
+    paired held-out losses on interval j."""
+    from antdiff.metrics import draw_heldout_triples
+    from antdiff.run import load_run, sample_run
+    from antdiff.train import load_data
+
+    plan, seed = args
+    gen = load_run(plan.run_dir(seed, None))
+    specs = [load_run(plan.run_dir(seed, j)) for j in range(plan.k)]
+    metric = SampleMetric(gen.cfg, gen.meta["kind"])
+    kw = {"sampler": plan.sampler, "steps": plan.sample_steps, "seed": seed}
+    gen_value = metric(sample_run(gen, plan.num_samples, **kw))
+    mixtures = []
+    for j, spec in enumerate(specs):
+        mix = MixtureDenoiser(gen.model, spec.model, plan.partition.intervals[j])
+        mixtures.append(metric(sample_run(replace(gen, model=mix), plan.num_samples, **kw)))
+    _, heldout = load_data(gen.cfg)
+    if heldout is None:
+        raise AntError("the held-out gap needs held-out data (--holdout N)")
+    intervals = [list(iv) for iv in plan.partition.intervals]
+    triples = draw_heldout_triples(heldout.x, intervals, n_per_interval=plan.per_interval, seed=0)
+    alphas = gen.schedule.alphas_cumprod.float()
+    loss_gen = _heldout_losses(gen.model, triples, gen.cfg, alphas)
+    gap, lg, ls = [], [], []
+    for j, spec in enumerate(specs):
+        mask = triples.interval == j
+        diff = _heldout_losses(spec.model, triples, gen.cfg, alphas)[mask] - loss_gen[mask]
+        gap.append(float(diff.mean()))
+        lg.append(float(loss_gen[mask].mean()))
+        ls.append(lg[-1] + gap[-1])
+    return {"seed": seed, "metric": metric.name, "generalist": gen_value, "mixture": mixtures,
+            "ntg": [m - gen_value for m in mixtures], "heldout_generalist": lg,
+            "heldout_specialist": ls, "heldout_gap": gap}  # fmt: skip
+
+
+def _spread(rows: list[list[float]]) -> dict[str, Any]:
+    a = np.asarray(rows, dtype=np.float64)  # [S, k]
+    n = a.shape[0]
+    std = a.std(0, ddof=1) if n > 1 else np.full(a.shape[1], np.nan)
+    return {
+        "per_seed": a.tolist(),
+        "mean": a.mean(0).tolist(),
+        "std": [None if np.isnan(v) else float(v) for v in std],
+        "sem": [None if np.isnan(v) else float(v / np.sqrt(n)) for v in std],
+    }
+
+
+def run_transfer(plan: TransferPlan) -> dict[str, Any]:
+    """Train all runs, evaluate every seed, write transfer.json, transfer.png and report.html."""
+    from antdiff.analysis.report import write_experiment_report
+
+    start = time.perf_counter()
+    out = Path(plan.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_samples(plan)
+    configs = plan.all_configs()
+    _pool_map(train_or_resume, [c.to_dict() for c in configs], plan.jobs)
+    trained = time.perf_counter()
+    rows = _pool_map(evaluate_seed, [(plan, s) for s in plan.seeds], plan.jobs)
+    result = summarise(plan, rows)
+    result["time_s"] = {
+        "train": round(trained - start, 1),
+        "evaluate": round(time.perf_counter() - trained, 1),
+    }
+    (out / "transfer.json").write_text(json.dumps(result, indent=1))
+    plot_transfer(result, out / "transfer.png")
+    write_experiment_report(out)
+    return result
+
+
+def summarise(plan: TransferPlan, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The documented transfer.json content (see module docstring for the signs)."""
+    settings = {
+        "intervals_spec": plan.intervals,
+        "method": plan.method,
+        "budget": plan.budget,
+        "num_samples": plan.num_samples,
+        "sampler": plan.sampler,
+        "sample_steps": plan.sample_steps,
+        "per_interval": plan.per_interval,
+        "base": plan.base,
+    }
+    return {
+        "settings": settings,
+        "intervals": [list(iv) for iv in plan.partition.intervals],
+        "seeds": [r["seed"] for r in rows],
+        "metric": rows[0]["metric"],
+        "generalist_steps": plan.generalist_steps,
+        "specialist_steps": [plan.specialist_steps(j) for j in range(plan.k)],
+        "generalist": [r["generalist"] for r in rows],
+        "mixture": [r["mixture"] for r in rows],
+        "ntg": _spread([r["ntg"] for r in rows]),
+        "heldout_generalist": [r["heldout_generalist"] for r in rows],
+        "heldout_specialist": [r["heldout_specialist"] for r in rows],
+        "heldout_gap": _spread([r["heldout_gap"] for r in rows]),
+        "runs": {
+            str(s): [str(plan.run_dir(s, j).relative_to(plan.out)) for j in (None, *range(plan.k))]
+            for s in plan.seeds
+        },
+    }
+
+
+def _check_samples(plan: TransferPlan) -> None:
+    from antdiff.data import load_dataset
+
+    cfg = make_config(plan.base)
+    data = load_dataset(cfg.dataset, cfg.resolution)
+    if data.kind == "image" and plan.num_samples <= FD_FEATURES:
+        raise AntError(f"--num-samples must exceed {FD_FEATURES} (the FD feature dimension)")
+    if cfg.heldout_size == 0 or cfg.heldout_size >= len(data):
+        raise AntError(f"--holdout must be in 1..{len(data) - 1} for the held-out gap")
+
+
+# ----------------------------------------------------------------------------- outputs
+def interval_labels(intervals: list[list[int]]) -> list[str]:
+    return [f"[{l},{r}]" for l, r in intervals]
+
+
+def plot_transfer(result: dict[str, Any], path: str | Path) -> None:
+    """Bars of NTG_j (mean, +-1 std over seeds, dots per seed) and of the held-out gap."""
+    from matplotlib.figure import Figure
+
+    labels = interval_labels(result["intervals"])
+    x = np.arange(len(labels))
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    panels = fig.subplots(1, 2)
+    what = [
+        (
+            "ntg",
+            f"NTG = {result['metric'].upper()}(mixture) - {result['metric'].upper()}(generalist)",
+        ),
+        ("heldout_gap", "held-out loss: specialist - generalist"),
+    ]
+    for ax, (key, title) in zip(panels, what, strict=True):
+        stats = result[key]
+        err = [0.0 if v is None else v for v in stats["std"]]
+        mean = np.asarray(stats["mean"])
+        ax.bar(x, mean, yerr=err, capsize=3, color=np.where(mean < 0, "tab:red", "tab:blue"))
+        for row in stats["per_seed"]:
+            ax.plot(x, row, "k.", ms=4)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set(xlabel="interval (0-based t)", title=title)
+    panels[0].set_ylabel("< 0: negative transfer")
+    fig.suptitle(
+        f"negative transfer, {len(result['seeds'])} seed(s), budget "
+        f"{result['settings']['budget']}, generalist {result['settings']['method']}"
+    )
+    fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """Plain-text table of NTG and held-out gap per interval (mean +- std over seeds)."""
+    m = result["metric"].upper()
+    lines = [f"{'interval':>12}  {'NTG (' + m + ')':>18}  {'held-out gap':>20}"]
+    for j, label in enumerate(interval_labels(result["intervals"])):
+        lines.append(
+            f"{label:>12}  {_pm(result['ntg'], j, 3):>18}  {_pm(result['heldout_gap'], j, 5):>20}"
+        )
+    return "\n".join(lines)
+
+
+def _pm(stats: dict[str, Any], j: int, digits: int) -> str:
+    std = stats["std"][j]
+    spread = "" if std is None else f" +- {std:.{digits}f}"
+    return f"{stats['mean'][j]:+.{digits}f}{spread}"
