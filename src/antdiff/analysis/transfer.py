@@ -189,13 +189,22 @@ def _pool_map(fn: Callable, items: Iterable, jobs: int) -> list:
 
 
 def train_or_resume(cfg_values: dict[str, Any]) -> str:
-    """Train one run; a run dir that already holds a checkpoint is resumed (or reused if done)."""
-    from antdiff.checkpoint import latest_checkpoint
-    from antdiff.train import train
+    """Train one run; a finished run with the same config is reused, a partial one resumed
+    (the trainer refuses a run directory trained with another config)."""
+    from antdiff.checkpoint import STATE, latest_checkpoint
+    from antdiff.config import load_run_config
+    from antdiff.train import RESUMABLE, train
 
     cfg = make_config(cfg_values)
-    resume = latest_checkpoint(cfg.out, missing_ok=True) is not None
-    return str(train(cfg, resume=resume))
+    ckpt = latest_checkpoint(cfg.out, missing_ok=True)
+    if ckpt is None:
+        return str(train(cfg))
+    saved, wanted = load_run_config(cfg.out).to_dict(), cfg.to_dict()
+    same = all(saved[k] == wanted[k] for k in wanted if k not in RESUMABLE)
+    state = torch.load(ckpt / STATE, map_location="cpu", weights_only=True)
+    if same and int(state["step"]) == cfg.steps:
+        return cfg.out
+    return str(train(cfg, resume=True))
 
 
 class SampleMetric:
