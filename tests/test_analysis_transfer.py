@@ -107,12 +107,12 @@ def test_transfer_end_to_end_on_a_toy(tmp_path: Path) -> None:
     np.testing.assert_allclose(saved["heldout_gap"]["per_seed"], gap, atol=1e-12)
     assert (out / "transfer.png").read_bytes()[:4] == b"\x89PNG"
     assert "Negative transfer (O2)" in (out / "report.html").read_text()
-    assert result["runs"]["0"][0] == "seed0/generalist"
+    assert result["runs"]["0"][0] == str(out / "seed0" / "generalist-vanilla-4")
     first = saved["mixture"]
-    stamp = (out / "seed0" / "generalist" / "report.html").stat().st_mtime_ns
+    stamp = (out / "seed0" / "generalist-vanilla-4" / "report.html").stat().st_mtime_ns
     run_transfer(plan)  # finished runs are reused (not retrained), the numbers reproducible
     assert json.loads((out / "transfer.json").read_text())["mixture"] == first
-    assert (out / "seed0" / "generalist" / "report.html").stat().st_mtime_ns == stamp
+    assert (out / "seed0" / "generalist-vanilla-4" / "report.html").stat().st_mtime_ns == stamp
     with pytest.raises(AntError, match="another config"):
         run_transfer(_other_lr(plan))
 

@@ -146,7 +146,7 @@ def _transfer(args: argparse.Namespace) -> int:
                         method=args.method, budget=args.budget, out=args.out,
                         num_samples=args.num_samples, sampler=args.sampler,
                         sample_steps=args.sample_steps, per_interval=args.per_interval,
-                        jobs=args.jobs)  # fmt: skip
+                        jobs=args.jobs, runs=args.runs)  # fmt: skip
     result = run_transfer(plan)
     print(summary_table(result))
     print(f"written to {Path(args.out) / 'transfer.json'} (+ transfer.png, report.html)")
@@ -204,6 +204,7 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--per-interval", type=int, default=128, help="held-out triples/interval")
     t.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
     t.add_argument("--out", default="runs/transfer", metavar="DIR")
+    t.add_argument("--runs", metavar="DIR", help="run directories (default --out); shared = reused")
     t.set_defaults(func=_transfer)
 
 

@@ -123,14 +123,15 @@ class GradientSketch:
 
 def cosine_matrix(rows: Tensor) -> np.ndarray:
     """Pairwise cosines of the rows [B, D] as one product of normalised rows; exact unit diagonal
-    and symmetric (float64)."""
-    x = rows.detach().to(torch.float64).cpu()
-    norms = x.norm(dim=1, keepdim=True)
+    and symmetric (float64 result; one float32 copy of the rows, so exact gradients cost 2 B P
+    floats at most)."""
+    x = rows.detach().float()
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float64)
     if (norms == 0).any():
         bad = torch.nonzero(norms.squeeze(1) == 0).flatten().tolist()
         raise AntError(f"zero loss gradient for bin(s) {bad}: the cosine is undefined")
-    n = x / norms
-    c = (n @ n.T).numpy()
+    n = x / norms.float()
+    c = (n @ n.T).double().cpu().numpy()
     c = np.clip(0.5 * (c + c.T), -1.0, 1.0)
     np.fill_diagonal(c, 1.0)
     return c

@@ -97,6 +97,8 @@ class TransferPlan:
     method: str = "vanilla"
     budget: str = "steps"
     out: str = "runs/transfer"
+    runs: str | None = None  # where the run directories live (default: out); share it between
+    # experiments to reuse runs (e.g. the specialists for a vanilla and a UW generalist)
     num_samples: int = 500
     sampler: str = "ddim"
     sample_steps: int = 50
@@ -133,8 +135,12 @@ class TransferPlan:
         return max(1, round(steps * int(self.partition.widths[j]) / self.partition.timesteps))
 
     def run_dir(self, seed: int, j: int | None) -> Path:
-        name = "generalist" if j is None else f"specialist{j}"
-        return Path(self.out) / f"seed{seed}" / name
+        """RUNS/seed{s}/generalist-{method}-{steps} or RUNS/seed{s}/specialist{j}-{steps}."""
+        if j is None:
+            name = f"generalist-{self.method}-{self.generalist_steps}"
+        else:
+            name = f"specialist{j}-{self.specialist_steps(j)}"
+        return Path(self.runs or self.out) / f"seed{seed}" / name
 
     def config(self, seed: int, j: int | None) -> TrainConfig:
         """The generalist's (j None) or specialist j's training config for one seed."""
@@ -353,8 +359,7 @@ def summarise(plan: TransferPlan, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "heldout_specialist": [r["heldout_specialist"] for r in rows],
         "heldout_gap": _spread([r["heldout_gap"] for r in rows]),
         "runs": {
-            str(s): [str(plan.run_dir(s, j).relative_to(plan.out)) for j in (None, *range(plan.k))]
-            for s in plan.seeds
+            str(s): [str(plan.run_dir(s, j)) for j in (None, *range(plan.k))] for s in plan.seeds
         },
     }
 
