@@ -95,7 +95,7 @@ def test_transfer_end_to_end_on_a_toy(tmp_path: Path) -> None:
     saved = json.loads((out / "transfer.json").read_text())
     keys = {"settings", "intervals", "seeds", "metric", "generalist_steps", "specialist_steps",
             "generalist", "mixture", "ntg", "heldout_generalist", "heldout_specialist",
-            "heldout_gap", "runs", "time_s"}  # fmt: skip
+            "heldout_gap", "heldout_gap_pct", "runs", "time_s"}  # fmt: skip
     assert keys <= saved.keys() and saved["metric"] == "swd"
     assert saved["intervals"] == [[0, 499], [500, 999]] and saved["seeds"] == [0, 1]
     ntg = np.array(saved["ntg"]["per_seed"])
@@ -105,6 +105,8 @@ def test_transfer_end_to_end_on_a_toy(tmp_path: Path) -> None:
     np.testing.assert_allclose(saved["ntg"]["std"], expected.std(0, ddof=1))
     gap = np.array(saved["heldout_specialist"]) - np.array(saved["heldout_generalist"])
     np.testing.assert_allclose(saved["heldout_gap"]["per_seed"], gap, atol=1e-12)
+    pct = 100 * (np.array(saved["heldout_specialist"]) / np.array(saved["heldout_generalist"]) - 1)
+    np.testing.assert_allclose(saved["heldout_gap_pct"]["per_seed"], pct)
     assert (out / "transfer.png").read_bytes()[:4] == b"\x89PNG"
     assert "Negative transfer (O2)" in (out / "report.html").read_text()
     assert result["runs"]["0"][0] == str(out / "seed0" / "generalist-vanilla-4")

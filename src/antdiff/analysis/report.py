@@ -44,7 +44,7 @@ def affinity_section(folder: str | Path) -> Section | None:
 
 def transfer_section(folder: str | Path) -> Section | None:
     """NTG and held-out gap per interval from `transfer.json` in `folder`."""
-    from antdiff.analysis.transfer import interval_labels
+    from antdiff.analysis.transfer import heldout_rows, interval_labels, relative_gap
 
     folder = Path(folder)
     path = folder / "transfer.json"
@@ -52,9 +52,11 @@ def transfer_section(folder: str | Path) -> Section | None:
         return None
     r = json.loads(path.read_text())
     m = r["metric"].upper()
+    pct = r.get("heldout_gap_pct") or relative_gap(heldout_rows(r))
     rows = "".join(
         f"<tr><td>{label}</td><td>{_cell(r['ntg'], j, 3)}</td>"
-        f"<td>{_cell(r['heldout_gap'], j, 5)}</td><td>{r['specialist_steps'][j]}</td></tr>"
+        f"<td>{_cell(r['heldout_gap'], j, 5)}</td><td>{_cell(pct, j, 1)}</td>"
+        f"<td>{r['specialist_steps'][j]}</td></tr>"
         for j, label in enumerate(interval_labels(r["intervals"]))
     )
     st = r["settings"]
@@ -66,7 +68,7 @@ def transfer_section(folder: str | Path) -> Section | None:
     )
     table = (
         f"<table><tr><th>interval</th><th>NTG ({m})</th><th>held-out gap</th>"
-        f"<th>specialist steps</th></tr>{rows}</table>"
+        f"<th>gap %</th><th>specialist steps</th></tr>{rows}</table>"
     )
     png = folder / "transfer.png"
     return "Negative transfer (O2)", f"<p>{text}</p>{table}" + (_img(png) if png.is_file() else "")

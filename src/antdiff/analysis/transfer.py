@@ -358,6 +358,7 @@ def summarise(plan: TransferPlan, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "heldout_generalist": [r["heldout_generalist"] for r in rows],
         "heldout_specialist": [r["heldout_specialist"] for r in rows],
         "heldout_gap": _spread([r["heldout_gap"] for r in rows]),
+        "heldout_gap_pct": relative_gap(rows),
         "runs": {
             str(s): [str(plan.run_dir(s, j)) for j in (None, *range(plan.k))] for s in plan.seeds
         },
@@ -380,8 +381,17 @@ def interval_labels(intervals: list[list[int]]) -> list[str]:
     return [f"[{l},{r}]" for l, r in intervals]
 
 
+def relative_gap(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Held-out gap in percent of the generalist's loss on the interval, 100 (L_s / L_g - 1)."""
+    ratio = np.asarray([r["heldout_specialist"] for r in rows]) / np.asarray(
+        [r["heldout_generalist"] for r in rows]
+    )
+    return _spread((100.0 * (ratio - 1.0)).tolist())
+
+
 def plot_transfer(result: dict[str, Any], path: str | Path) -> None:
-    """Bars of NTG_j (mean, +-1 std over seeds, dots per seed) and of the held-out gap."""
+    """Bars of NTG_j (mean, +-1 std over seeds, dots per seed) and of the relative held-out gap
+    (the loss scale differs by orders of magnitude between intervals)."""
     from matplotlib.figure import Figure
 
     labels = interval_labels(result["intervals"])
@@ -393,8 +403,10 @@ def plot_transfer(result: dict[str, Any], path: str | Path) -> None:
             "ntg",
             f"NTG = {result['metric'].upper()}(mixture) - {result['metric'].upper()}(generalist)",
         ),
-        ("heldout_gap", "held-out loss: specialist - generalist"),
+        ("heldout_gap_pct", "held-out loss: specialist vs generalist (%)"),
     ]
+    if "heldout_gap_pct" not in result:  # transfer.json of an earlier version
+        result = {**result, "heldout_gap_pct": relative_gap(heldout_rows(result))}
     for ax, (key, title) in zip(panels, what, strict=True):
         stats = result[key]
         err = [0.0 if v is None else v for v in stats["std"]]
@@ -413,13 +425,20 @@ def plot_transfer(result: dict[str, Any], path: str | Path) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
 
 
+def heldout_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    pairs = zip(result["heldout_specialist"], result["heldout_generalist"], strict=True)
+    return [{"heldout_specialist": s, "heldout_generalist": g} for s, g in pairs]
+
+
 def summary_table(result: dict[str, Any]) -> str:
     """Plain-text table of NTG and held-out gap per interval (mean +- std over seeds)."""
     m = result["metric"].upper()
-    lines = [f"{'interval':>12}  {'NTG (' + m + ')':>18}  {'held-out gap':>20}"]
+    pct = result.get("heldout_gap_pct") or relative_gap(heldout_rows(result))
+    lines = [f"{'interval':>12}  {'NTG (' + m + ')':>18}  {'held-out gap':>20}  {'gap %':>14}"]
     for j, label in enumerate(interval_labels(result["intervals"])):
         lines.append(
             f"{label:>12}  {_pm(result['ntg'], j, 3):>18}  {_pm(result['heldout_gap'], j, 5):>20}"
+            f"  {_pm(pct, j, 1):>14}"
         )
     return "\n".join(lines)
 
