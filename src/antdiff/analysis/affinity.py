@@ -126,11 +126,11 @@ def cosine_matrix(rows: Tensor) -> np.ndarray:
     and symmetric (float64 result; one float32 copy of the rows, so exact gradients cost 2 B P
     floats at most)."""
     x = rows.detach().float()
-    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float64)
+    norms = x.norm(dim=1, keepdim=True)  # float32: a float64 norm would copy all rows
     if (norms == 0).any():
         bad = torch.nonzero(norms.squeeze(1) == 0).flatten().tolist()
         raise AntError(f"zero loss gradient for bin(s) {bad}: the cosine is undefined")
-    n = x / norms.float()
+    n = x / norms
     c = (n @ n.T).double().cpu().numpy()
     c = np.clip(0.5 * (c + c.T), -1.0, 1.0)
     np.fill_diagonal(c, 1.0)
@@ -225,8 +225,10 @@ def affinity_matrix(
     was_training = model.training
     model.eval()
     try:
-        if sketch_dim == 0:
-            rows = torch.stack([bin_gradient(model, probe, t, setup, params) for t in ts])
+        if sketch_dim == 0:  # B x P floats, filled in place (no list + stack copy)
+            rows = torch.empty(len(ts), sum(p.numel() for p in params), device=params[0].device)
+            for b, t in enumerate(ts):
+                rows[b] = bin_gradient(model, probe, t, setup, params)
         else:
             sketch = GradientSketch(
                 [p.numel() for p in params],
