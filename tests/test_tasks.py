@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from antdiff.errors import AntError
-from antdiff.tasks import IntervalPartition, StratifiedSampler, UniformSampler, build_sampler
+from antdiff.tasks import (
+    IntervalPartition,
+    RangeSampler,
+    StratifiedSampler,
+    UniformSampler,
+    build_sampler,
+)
 
 
 def test_partition_round_trip_and_lookup() -> None:
@@ -84,3 +90,10 @@ def test_samplers_are_seeded() -> None:
         build_sampler("bogus", part)
     with pytest.raises(AntError):
         StratifiedSampler(part).sample(0)
+
+
+def test_range_sampler_stays_inside_its_bounds() -> None:
+    part = IntervalPartition.uniform(100, 5)
+    t, task = RangeSampler((20, 39), part).sample(2000, torch.Generator().manual_seed(0))
+    assert int(t.min()) == 20 and int(t.max()) == 39
+    assert torch.equal(task, torch.ones_like(task))

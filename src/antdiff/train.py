@@ -33,7 +33,7 @@ from antdiff.errors import AntError
 from antdiff.models import Denoiser, build_model
 from antdiff.mtl import MTLMethod, build_method, mtl_backward
 from antdiff.schedule import NoiseSchedule
-from antdiff.tasks import IntervalPartition, build_sampler, partition_from_spec
+from antdiff.tasks import IntervalPartition, RangeSampler, build_sampler, partition_from_spec
 from antdiff.weighting import build_weighting
 
 # Config keys that may change on --resume (they do not change what is being trained).
@@ -98,19 +98,6 @@ def draw_batch(cfg: TrainConfig, n_data: int, shape: list[int], sampler: Any, st
     drop = torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout
     perm = torch.randperm(cfg.batch_size, generator=g)  # mix tasks across ranks' slices
     return Batch(index[perm], t[perm], task[perm], noise[perm], drop[perm])
-
-
-class RangeSampler:
-    """t ~ U{L..R} only: a specialist on one interval (negative transfer, O2); ids by lookup."""
-
-    name = "range"
-
-    def __init__(self, bounds: tuple[int, int], partition: IntervalPartition) -> None:
-        self.bounds, self.partition = bounds, partition
-
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> tuple:
-        t = torch.randint(self.bounds[0], self.bounds[1] + 1, (batch_size,), generator=generator)
-        return t, self.partition.task_of(t)
 
 
 class Trainer:

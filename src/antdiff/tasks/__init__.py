@@ -19,13 +19,20 @@ from antdiff.tasks.objective import (
     partition_from_spec,
 )
 from antdiff.tasks.partition import IntervalPartition
-from antdiff.tasks.sampling import SAMPLERS, StratifiedSampler, UniformSampler, build_sampler
+from antdiff.tasks.sampling import (
+    SAMPLERS,
+    RangeSampler,
+    StratifiedSampler,
+    UniformSampler,
+    build_sampler,
+)
 
 __all__ = [
     "COSTS",
     "SAMPLERS",
     "Clustering",
     "IntervalPartition",
+    "RangeSampler",
     "StratifiedSampler",
     "UniformSampler",
     "affinity_cost",

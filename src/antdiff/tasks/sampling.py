@@ -57,6 +57,22 @@ class StratifiedSampler:
         return t, task
 
 
+class RangeSampler:
+    """t ~ U{L..R} only: a specialist on one interval (negative transfer, O2); ids by lookup."""
+
+    name = "range"
+
+    def __init__(self, bounds: tuple[int, int], partition: IntervalPartition) -> None:
+        self.bounds, self.partition = bounds, partition
+
+    def sample(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_batch(batch_size)
+        t = torch.randint(self.bounds[0], self.bounds[1] + 1, (batch_size,), generator=generator)
+        return t, self.partition.task_of(t)
+
+
 SAMPLERS = {"uniform": UniformSampler, "stratified": StratifiedSampler}
 
 
