@@ -39,8 +39,9 @@ def test_cluster_with_affinity_file(tmp_path, capsys) -> None:
 def _bad_affinity_files(tmp_path):
     np.save(tmp_path / "rect.npy", np.ones((3, 4)))
     np.save(tmp_path / "nan.npy", np.full((3, 3), np.nan))
+    np.save(tmp_path / "big.npy", np.eye(12))  # more bins than the 10 timesteps below
     (tmp_path / "junk.npy").write_text("not numpy")
-    return ["missing.npy", "rect.npy", "nan.npy", "junk.npy"]
+    return ["missing.npy", "rect.npy", "nan.npy", "junk.npy", "big.npy"]
 
 
 @pytest.mark.parametrize(
@@ -66,7 +67,8 @@ def test_bad_flags_exit_2(argv, capsys) -> None:
 
 def test_bad_affinity_files_exit_2(tmp_path, capsys) -> None:
     for name in _bad_affinity_files(tmp_path):
-        argv = ["cluster", "--cost", "affinity", "--affinity", str(tmp_path / name)]
+        argv = ["cluster", "--timesteps", "10", "--cost", "affinity", "--affinity",
+                str(tmp_path / name)]  # fmt: skip
         assert main(argv) == 2, name
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
 

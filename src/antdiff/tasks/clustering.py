@@ -71,6 +71,10 @@ def affinity_cost(affinity: np.ndarray, timesteps: int | None = None) -> np.ndar
     interpolated to T x T first (see `interpolate_affinity`).
     """
     A = check_affinity(affinity)
+    if timesteps is not None and A.shape[0] > timesteps:
+        raise AntError(
+            f"the affinity matrix has {A.shape[0]} bins but there are only {timesteps} timesteps"
+        )
     if timesteps is not None and A.shape[0] != timesteps:
         A = interpolate_affinity(A, timesteps)
     T = A.shape[0]
