@@ -357,7 +357,7 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[s
             ),
             "command": command(args, [name], [r["seed"] for r in runs]),
         }
-        for key in (metric, "precision", "recall", "heldout"):
+        for key in (metric, "precision", "recall", "heldout", "mmd2", "loglik"):
             if key in finals[0]:
                 m, s = mean_std([f[key] for f in finals])
                 entry[f"{key}_mean"], entry[f"{key}_std"] = m, s
@@ -455,8 +455,72 @@ def print_tables(summary: dict[str, Any]) -> None:
             print(f"{name:<22} guidance sweep {cells}")
 
 
+def markdown(summary: dict[str, Any]) -> str:
+    """The summary as markdown tables (for docs/results.md)."""
+    metric, ms = summary["metric"], summary["methods"]
+    m_up = metric.upper()
+    any_run = next(iter(ms.values()))
+    lines = [
+        f"Equal steps ({any_run['steps']}); mean +/- std over n seeds; differences are paired "
+        "per seed (method minus vanilla, same training seed, same evaluation seed).",
+        "",
+        f"| method | n | held-out loss x1e3 | d held-out vs vanilla | {m_up} final | "
+        f"d {m_up} vs vanilla | precision | recall | steps to vanilla's final {m_up} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in ms.items():
+        hd, fd = e.get("heldout_diff_vs_vanilla"), e.get(f"{metric}_diff_vs_vanilla")
+        lines.append(
+            f"| {name} | {len(e['seeds'])} | "
+            f"{fmt(1e3 * e.get('heldout_mean', math.nan), 1e3 * e.get('heldout_std', math.nan))} | "
+            f"{fmt(1e3 * hd['mean'], 1e3 * hd['std']) if hd else '-'} | "
+            f"{fmt(e[f'{metric}_mean'], e[f'{metric}_std'])} | "
+            f"{fmt(fd['mean'], fd['std']) if fd else '-'} | "
+            f"{e.get('precision_mean', math.nan):.3f} | {e.get('recall_mean', math.nan):.3f} | "
+            f"{e.get('steps_to_vanilla_final') or 'not reached'} |"
+        )
+    if "heldout_intervals_rel_vs_vanilla" in json.dumps(ms):
+        ivs = ["0-199", "200-399", "400-599", "600-799", "800-999"]
+        lines += ["", "Held-out loss per timestep interval, relative to vanilla (paired, mean "
+                  "over seeds; negative = lower loss than vanilla):", "",
+                  "| method | " + " | ".join(f"t {i}" for i in ivs) + " |",
+                  "|---|" + "---|" * len(ivs)]  # fmt: skip
+        for name, e in ms.items():
+            rel = e.get("heldout_intervals_rel_vs_vanilla")
+            if rel:
+                lines.append(f"| {name} | " + " | ".join(f"{100 * v:+.1f}%" for v in rel) + " |")
+    source = next((e["cost_source"] for n, e in ms.items() if n != "vanilla"), "-")
+    lines += ["", f"Equal training wall-clock (vanilla's {any_run['steps']} steps; cost from "
+              f"{source}; values read on the convergence curve, "
+              f"{summary.get('curve_num', '')} samples):", "",
+              f"| method | cost x vanilla | steps in vanilla's time | {m_up} | held-out x1e3 |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for name, e in ms.items():
+        q = e.get("equal_time")
+        if q:
+            lines.append(
+                f"| {name} | {e['cost_vs_vanilla']:.2f} | {q['step']} | "
+                f"{fmt(q[f'{metric}_mean'], q[f'{metric}_std'])} | "
+                f"{fmt(1e3 * q.get('heldout_mean', math.nan), 1e3 * q.get('heldout_std', 0))} |"
+            )
+    sweeps = {n: e["guidance"] for n, e in ms.items() if "guidance" in e}
+    if sweeps:
+        gs = list(next(iter(sweeps.values())))
+        lines += ["", f"Guidance sweep ({m_up}):", "", "| method | " + " | ".join(
+            f"g={g}" for g in gs) + " |", "|---|" + "---|" * len(gs)]  # fmt: skip
+        for n, sw in sweeps.items():
+            cells = [fmt(sw[g][f"{metric}_mean"], sw[g][f"{metric}_std"]) for g in gs]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += ["", "Commands (one per row; each reruns or resumes that row):", "", "```"]
+    lines += [e["command"] for e in ms.values()]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- plots
-def plot(summary: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
+def plot(
+    summary: dict[str, Any], out_dir: Path, prefix: str, only: list[str] | None = None
+) -> list[Path]:
     """Convergence curves (metric and held-out loss vs step) as PNGs (matplotlib Figure API)."""
     from matplotlib.figure import Figure
 
@@ -466,6 +530,8 @@ def plot(summary: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
         fig = Figure(figsize=(6.4, 4.2))
         ax = fig.add_subplot()
         for name, e in summary["methods"].items():
+            if only and name not in only:
+                continue
             rows = [r for r in e["curve"].get(key, []) if r[0] > 0]
             if not rows:
                 continue
@@ -479,7 +545,8 @@ def plot(summary: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
         ax.set_yscale("log")
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
-        ax.set_title(f"{summary['setting']}: mean +/- std over seeds")
+        note = f"{metric.upper()} on {summary.get('curve_num')} samples" if key == metric else ""
+        ax.set_title(f"{summary['setting']}: mean +/- std over seeds {note}", fontsize=10)
         ax.legend(fontsize=7)
         path = out_dir / f"{prefix}-{summary['setting']}-{key}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -543,6 +610,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", help="where run directories go (git-ignored)")
     p.add_argument("--plots", help="write convergence PNGs into this folder")
     p.add_argument("--plot-prefix", default="bench", help="PNG file name prefix")
+    p.add_argument("--plot-methods", help="comma list of methods to plot (default all)")
+    p.add_argument("--markdown", help="also write the tables as markdown to this file")
     p.add_argument("--summary-only", action="store_true", help="summarise existing results")
     p.add_argument("--cost-rounds", type=int, default=5, help="step-cost probe rounds (0: skip)")
     args = p.parse_args(argv)
@@ -608,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = summarize(args, results)
     summary.update(machine=machine(), seconds=round(time.perf_counter() - t0, 1),
+                   curve_num=args.curve_num, fd_num=args.fd_num,
                    command=command(args, methods, seeds),
                    setting_config=SETTINGS[args.dataset])  # fmt: skip
     path = Path(args.results) / f"summary-{args.dataset}.json"
@@ -617,8 +687,12 @@ def main(argv: list[str] | None = None) -> int:
         (Path(args.results) / "summary.json").write_text(json.dumps(summary, indent=1))
     print_tables(summary)
     if args.plots:
-        for p in plot(summary, Path(args.plots), args.plot_prefix):
+        only = args.plot_methods.split(",") if args.plot_methods else None
+        for p in plot(summary, Path(args.plots), args.plot_prefix, only):
             print(f"wrote {p}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(summary))
+        print(f"wrote {args.markdown}")
     print(f"\nsummary: {path}  ({summary['seconds']} s)")
     return 0
 
