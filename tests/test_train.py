@@ -254,3 +254,12 @@ def test_latent_training_decodes_samples(tmp_path, tiny_vae) -> None:
 
     x = sample_run(load_run(out), 3, steps=2)
     assert x.shape == (3, 1, 8, 8)  # decoded back to pixels
+
+
+def test_evaluate_bad_input(tmp_path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", "--run", str(tmp_path / "empty")]) == 2  # not a run directory
+    out = run(tmp_path, "r", method="vanilla", steps=2)
+    assert main(["evaluate", "--run", str(out), "--num", "20", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "ill-posed" in err and len(err.strip().splitlines()) == 2
