@@ -299,7 +299,9 @@ class Trainer:
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
             if cfg.eval_every and self.step % cfg.eval_every == 0:
+                start = time.perf_counter()
                 self.evaluate()
+                progress.exclude(time.perf_counter() - start)
         progress.close()
         return self.run_dir
 
@@ -328,7 +330,11 @@ class Progress:
 
     @property
     def elapsed(self) -> float:
+        """Seconds of training so far (evaluations excluded): the `time` in metrics.jsonl."""
         return round(time.perf_counter() - self.t0, 3)
+
+    def exclude(self, seconds: float) -> None:
+        self.t0 += seconds
 
     def update(self, step: int, loss: float) -> None:
         if not self.enabled:
