@@ -78,3 +78,10 @@ def test_error_from_the_shell_has_no_traceback(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "antdiff", *argv], capture_output=True, text=True)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_cli_sampler_choices_match_the_library() -> None:
+    from antdiff.cli import SAMPLERS
+    from antdiff.sampling import SAMPLERS as LIBRARY
+
+    assert tuple(SAMPLERS) == tuple(LIBRARY)

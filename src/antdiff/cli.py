@@ -7,12 +7,12 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from antdiff.errors import AntError
 
-Command = Callable[[argparse.Namespace], int]
+SAMPLERS = ("ddpm", "ddim", "dpm++")  # as antdiff.sampling.SAMPLERS, without importing diffusers
 
 
 def _cluster(args: argparse.Namespace) -> int:
@@ -199,7 +199,7 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--holdout", type=int, help="held-out samples (default 300)")
     t.add_argument("--config", metavar="FILE", help="other training settings (JSON/TOML)")
     t.add_argument("--num-samples", type=int, default=500, help="samples per FD (default 500)")
-    t.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default="ddim")
+    t.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     t.add_argument("--sample-steps", type=int, default=50)
     t.add_argument("--per-interval", type=int, default=128, help="held-out triples/interval")
     t.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw samples from a run's EMA model")
     s.add_argument("--run", required=True, metavar="DIR")
     s.add_argument("--num", type=int, default=64)
-    s.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default="ddim")
+    s.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     s.add_argument("--steps", type=int, default=None, help="default: T for ddpm, else 50")
     s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     s.add_argument("--seed", type=int, default=0)
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="FD, precision/recall, held-out loss per interval")
     v.add_argument("--run", required=True, metavar="DIR")
     v.add_argument("--num", type=int, default=500, help="number of samples")
-    v.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default="ddim")
+    v.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     v.add_argument("--steps", type=int, default=50)
     v.add_argument("--guidance", type=float, default=1.0)
     v.add_argument("--seed", type=int, default=0)
