@@ -57,7 +57,7 @@ def evaluate_model(
     per_interval: int = 128,
 ) -> dict[str, Any]:
     """All metrics of one model (its EMA weights, in eval mode) as a JSON-friendly dict."""
-    from antdiff.sampling import generate
+    from antdiff.run import sample_model
     from antdiff.train import load_data
 
     device = next(model.parameters()).device
@@ -65,13 +65,8 @@ def evaluate_model(
     _, heldout = load_data(cfg)
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(num) % meta["num_classes"] if meta["num_classes"] else None
-    x = generate(model, schedule, num, tuple(meta["shape"]), sampler=sampler, steps=steps,
-                 guidance=guidance, labels=labels, generator=g, prediction=cfg.prediction,
-                 clip_sample=meta["kind"] == "image")  # fmt: skip
-    if meta["kind"] == "latent":
-        from antdiff.data import decode_latents
-
-        x = decode_latents(x, meta["vae"])
+    x = sample_model(model, cfg, meta, schedule, num, sampler=sampler, steps=steps,
+                     guidance=guidance, labels=labels, generator=g)  # fmt: skip
     out: dict[str, Any] = {"sampler": sampler, "sample_steps": steps, "guidance": guidance,
                            "seed": seed}  # fmt: skip
     if meta["kind"] == "points":  # reference: a seeded subset of at most 5,000 true points

@@ -63,18 +63,35 @@ def sample_run(
     seed: int = 0,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """Samples of the run's model in data space (see `sample_model`), seeded by `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    return sample_model(run.model, run.cfg, run.meta, run.schedule, num, sampler=sampler,
+                        steps=steps, guidance=guidance, labels=labels, generator=g)  # fmt: skip
+
+
+def sample_model(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    meta: dict[str, Any],
+    schedule: NoiseSchedule,
+    num: int,
+    *,
+    sampler: str = "ddim",
+    steps: int | None = None,
+    guidance: float = 1.0,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Samples in data space: images in [-1, 1] (decoded through the VAE for latents) or points."""
     from antdiff.sampling import generate
 
-    g = torch.Generator().manual_seed(seed)
-    x = generate(run.model, run.schedule, num, tuple(run.meta["shape"]), sampler=sampler,
-                 steps=steps, guidance=guidance, labels=labels, generator=g,
-                 prediction=run.cfg.prediction,
-                 clip_sample=run.meta["kind"] == "image")  # fmt: skip
-    if run.meta["kind"] == "latent":
+    x = generate(model, schedule, num, tuple(meta["shape"]), sampler=sampler, steps=steps,
+                 guidance=guidance, labels=labels, generator=generator,
+                 prediction=cfg.prediction, clip_sample=meta["kind"] == "image")  # fmt: skip
+    if meta["kind"] == "latent":
         from antdiff.data import decode_latents
 
-        x = decode_latents(x, run.meta["vae"])
+        x = decode_latents(x, meta["vae"])
     return x
 
 
