@@ -46,11 +46,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "min-snr": {"method": "mean", "weighting": "min-snr:5", **BASELINE},
     "p2": {"method": "mean", "weighting": "p2:gamma=1,k=1", **BASELINE},
     "famo-timestep": {"method": "famo", "clusters": "timestep:5"},
+    "famo-same-batch-timestep": {
+        "method": "famo",
+        "clusters": "timestep:5",
+        "method_options": {"same_batch": True},
+    },
     "ant-uw-p2-timestep": {"method": "uw", "weighting": "p2:gamma=1,k=1", "clusters": "timestep:5"},
 }
 # Control: ANT's stratified sampling over the affinity intervals with the plain mean loss (no MTL
 # method), to separate the effect of the timestep distribution from that of the MTL method.
 VARIANTS["stratified-affinity"] = {"method": "mean", "clusters": "affinity:5"}
+VARIANTS["stratified-log-snr"] = {"method": "mean", "clusters": "log-snr:5"}
 for _m in ("uw", "pcgrad", "nash"):
     for _c in ("timestep", "log-snr", "affinity"):
         VARIANTS[f"ant-{_m}-{_c}"] = {"method": _m, "clusters": f"{_c}:5"}
@@ -93,8 +99,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
 PRIORITY = ["vanilla", "min-snr", "p2", "ant-uw-timestep", "ant-nash-timestep",
             "ant-pcgrad-timestep"]  # fmt: skip
 ALL_METHODS = [*PRIORITY, "ant-uw-log-snr", "ant-nash-log-snr", "ant-pcgrad-log-snr",
-               "famo-timestep", "ant-uw-p2-timestep", "ant-uw-affinity", "ant-nash-affinity",
-               "ant-pcgrad-affinity", "stratified-affinity"]  # fmt: skip
+               "famo-timestep", "famo-same-batch-timestep", "ant-uw-p2-timestep",
+               "ant-uw-affinity", "ant-nash-affinity", "ant-pcgrad-affinity",
+               "stratified-affinity", "stratified-log-snr"]  # fmt: skip
 QUICK = {"dataset": "digits", "methods": "vanilla,min-snr,ant-uw-timestep", "seeds": "0,1",
          "steps": 300, "curve_every": 100, "curve_num": 200, "fd_num": 500, "sample_steps": 10,
          "heldout_per_interval": 128, "results": "benchmarks/results/quality-quick",

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from antdiff.mtl import build_method, mtl_backward
+from antdiff.mtl import build_method, mtl_after_step, mtl_backward
 
 K = 3
 STEPS = 3
@@ -23,6 +23,7 @@ METHODS = {
     "mean": {},
     "uw": {},
     "famo": {},
+    "famo_same_batch": {"same_batch": True},
     "pcgrad": {"seed": 7},
     "nash": {"update_every": 2},  # steps: refresh, cached weights, refresh
 }
@@ -47,7 +48,7 @@ def train(name: str, rank: int | None) -> tuple[list[torch.Tensor], dict]:
     """rank None: one process on the global batch; else this rank's share under DDP."""
     net = make_model()
     model = net if rank is None else DistributedDataParallel(net)
-    method = build_method(name, num_tasks=K, **METHODS[name])
+    method = build_method(name.split("_")[0], num_tasks=K, **METHODS[name])
     opt = torch.optim.SGD(
         [{"params": net.parameters()}, *method.param_groups()], lr=0.1, momentum=0.9
     )
@@ -68,6 +69,7 @@ def train(name: str, rank: int | None) -> tuple[list[torch.Tensor], dict]:
         if method.default_max_grad_norm is not None:
             nn.utils.clip_grad_norm_(net.parameters(), method.default_max_grad_norm)
         opt.step()
+        mtl_after_step(method, loss_fn, ids, counts, model)
     return [p.detach().clone() for p in net.parameters()], method.state_dict()
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from antdiff.errors import AntError
-from antdiff.mtl import GramianMethod, LossMethod, build_method, mtl_backward
+from antdiff.mtl import GramianMethod, LossMethod, build_method, mtl_after_step, mtl_backward
 
 K = 3
 METHODS = ["mean", "uw", "famo", "pcgrad", "nash", "torchjd:upgrad"]
@@ -188,3 +188,25 @@ def test_grad_buffer_is_reused_across_steps() -> None:
     mtl_backward(method, loss_fn, ids, None, model)
     assert method._grad_buffer is buffer
     assert buffer.shape == (K, sum(p.numel() for p in model.parameters()))
+
+
+def test_after_step_hands_the_same_batch_losses_at_the_new_parameters() -> None:
+    model, loss_fn, ids = make_problem()
+    counts = torch.bincount(ids, minlength=K)
+    calls = []
+    counted = lambda index: calls.append(1) or loss_fn(index)  # noqa: E731
+    mtl_after_step(build_method("uw", num_tasks=K), counted, ids, counts, model)
+    assert not calls  # methods that do not observe cost no forward
+
+    method = build_method("famo", num_tasks=K, same_batch=True)
+    seen = []
+    method.observe = lambda losses, present: seen.append((losses, present))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mtl_backward(method, loss_fn, ids, counts, model)
+    opt.step()
+    mtl_after_step(method, loss_fn, ids, counts, model)
+    with torch.no_grad():
+        per_sample = loss_fn(torch.arange(ids.numel()))
+    expected = torch.stack([per_sample[ids == k].mean() for k in range(K)])
+    torch.testing.assert_close(seen[0][0], expected)
+    assert seen[0][1].tolist() == [True] * K

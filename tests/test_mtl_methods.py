@@ -200,6 +200,31 @@ def test_famo_weights_sum_to_one_and_favour_slow_tasks() -> None:
     assert z[2] > z[1] > z[0]
 
 
+def test_famo_same_batch_equals_its_reference_update() -> None:
+    """delta = log L(before) - log L(after) on one batch; logits by Adam on J_softmax^T delta."""
+    k, lr, gamma = 4, 0.025, 0.01
+    method = build_method("famo", num_tasks=k, same_batch=True)
+    assert method.observes_after_step
+    xi = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([xi], lr=lr, weight_decay=gamma)  # L2 decay, as FAMO's code
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        before = torch.rand(k, generator=gen, dtype=torch.float64) + 0.1
+        after = before * (0.5 + torch.rand(k, generator=gen, dtype=torch.float64))
+        w = method.loss_weights(before)
+        z = torch.softmax(xi.detach(), 0)
+        ref_w = z / before / (z / before).sum()  # weights of the step (eq. of the update)
+        torch.testing.assert_close(w, ref_w)
+        method.observe(after, torch.ones(k, dtype=torch.bool))
+        delta = torch.log(before + method.eps) - torch.log(after + method.eps)
+        opt.zero_grad()
+        (xi.grad,) = torch.autograd.grad(torch.softmax(xi, 0), xi, grad_outputs=delta)
+        opt.step()
+        torch.testing.assert_close(method.logits, xi.detach())
+    method.observe(torch.full((k,), float("nan"), dtype=torch.float64), torch.ones(k, dtype=bool))
+    torch.testing.assert_close(method.logits, xi.detach())  # nothing pending: no update
+
+
 # --- PCGrad ------------------------------------------------------------------------------------
 
 

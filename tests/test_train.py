@@ -57,6 +57,21 @@ def test_every_method_trains(tmp_path, method: str) -> None:
     assert all(torch.isfinite(v).all() for v in final_weights(out).values())
 
 
+def test_famo_same_batch_updates_its_logits_after_each_step(tmp_path) -> None:
+    from antdiff.train import Trainer
+
+    cfg = make_config({**FAST, "out": str(tmp_path / "famo"), "method": "famo", "steps": 3,
+                       "method_options": {"same_batch": True}})  # fmt: skip
+    trainer = Trainer(cfg)
+    seen = []
+    observe = trainer.method.observe
+    trainer.method.observe = lambda losses, present: seen.append(losses) or observe(losses, present)
+    rows = [trainer.train_step() for _ in range(3)]
+    assert len(seen) == 3 and trainer.method.logits.abs().sum() > 0
+    # each observed loss is the step's own batch after its update: on average below the step's
+    assert sum(float(a.mean()) for a in seen) < sum(sum(r["task_losses"]) / 5 for r in rows)
+
+
 def _kill_midway(cmd: list[str], run_dir: Path, rng: random.Random) -> None:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

@@ -31,7 +31,7 @@ from antdiff.data import Dataset, load_dataset
 from antdiff.diffusion import per_sample_loss
 from antdiff.errors import AntError
 from antdiff.models import Denoiser, build_model
-from antdiff.mtl import MTLMethod, build_method, mtl_backward
+from antdiff.mtl import MTLMethod, build_method, mtl_after_step, mtl_backward
 from antdiff.schedule import NoiseSchedule
 from antdiff.tasks import IntervalPartition, RangeSampler, build_sampler, partition_from_spec
 from antdiff.weighting import build_weighting
@@ -263,9 +263,10 @@ class Trainer:
         batch = draw_batch(cfg, len(self.data), self.meta["shape"], self.sampler, self.step)
         local = self.dist.local_slice(cfg.batch_size)
         counts = torch.bincount(batch.task, minlength=self.partition.k)
+        loss_fn = self.loss_fn(batch, local)
         try:
-            info = mtl_backward(self.method, self.loss_fn(batch, local), batch.task[local],
-                                counts, self.net, self.scaler)  # fmt: skip
+            info = mtl_backward(self.method, loss_fn, batch.task[local], counts, self.net,
+                                self.scaler)  # fmt: skip
         except AntError as e:
             if "non-finite" not in str(e):
                 raise
@@ -276,6 +277,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
             self.optimizer.step()
             self.ema.step(self.model.parameters())
+            mtl_after_step(self.method, loss_fn, batch.task[local], counts, self.net)
         self.step += 1
         valid = ~torch.isnan(info.task_losses)
         loss = float((info.task_losses[valid] * counts[valid]).sum() / counts[valid].sum())

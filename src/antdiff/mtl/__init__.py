@@ -17,7 +17,7 @@ from typing import Any
 
 from antdiff.errors import AntError
 from antdiff.mtl.base import GramianMethod, LossMethod, MTLMethod
-from antdiff.mtl.engine import StepInfo, mtl_backward, task_sums
+from antdiff.mtl.engine import StepInfo, mtl_after_step, mtl_backward, task_sums
 from antdiff.mtl.famo import FAMO
 from antdiff.mtl.mean import Mean
 from antdiff.mtl.nash import NashMTL, NashSolverError, nash_weights
@@ -68,6 +68,7 @@ __all__ = [
     "TorchJDMethod",
     "UncertaintyWeighting",
     "build_method",
+    "mtl_after_step",
     "mtl_backward",
     "nash_weights",
     "pcgrad_weights",

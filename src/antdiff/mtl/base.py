@@ -50,6 +50,12 @@ class MTLMethod(nn.Module):
         """Called by the engine after each finite step."""
         self.step += 1
 
+    #: True: the trainer calls `observe` with the same batch's task losses after each step.
+    observes_after_step: bool = False
+
+    def observe(self, losses: Tensor, present: Tensor) -> None:
+        """Global task losses [K] of the batch just trained on, at the updated parameters."""
+
     def present_mask(self, present: Tensor | None, device: torch.device) -> Tensor:
         """Validated bool mask [K] of tasks present in the global batch (all if None)."""
         if present is None:

@@ -100,6 +100,31 @@ def mtl_backward(
     return StepInfo(losses, weights, finite, refreshed=step is _refresh_step)
 
 
+def mtl_after_step(
+    method: MTLMethod,
+    loss_fn: LossFn,
+    task_ids: Tensor,
+    task_counts: Tensor | None,
+    model: nn.Module,
+) -> None:
+    """After `optimizer.step()`: hand the same batch's global task losses to `method.observe`.
+
+    A no-op (no forward) unless the method sets `observes_after_step` (FAMO with same_batch:
+    its logit update reads the loss decrease of ONE batch across the step). Same arguments as
+    `mtl_backward`; one forward without gradient and, under DDP, one all-reduce of K numbers.
+    """
+    if not method.observes_after_step:
+        return
+    ids, counts = _check_inputs(method, task_ids, task_counts, model)
+    with torch.no_grad():
+        per_sample = _call(loss_fn, torch.arange(ids.numel(), device=ids.device))
+        glob = task_sums(per_sample, ids, method.num_tasks) / counts.clamp_min(1).to(per_sample)
+        world, group = _world(model)
+        if world > 1:
+            dist.all_reduce(glob, group=group)
+    method.observe(glob, (counts > 0).to(glob.device))
+
+
 def task_sums(per_sample: Tensor, task_ids: Tensor, num_tasks: int) -> Tensor:
     """sum of the per-sample losses of each task [K] (by explicit task id, never by position)."""
     out = torch.zeros(num_tasks, dtype=per_sample.dtype, device=per_sample.device)

@@ -9,12 +9,16 @@ whose gradient is sum_i w_i grad L_i with w_i = z_i / (c (L_i + eps)), weights s
 The logits follow the log-loss decrease delta_i = log L_i(prev) - log L_i(now): their gradient
 is J_softmax(xi)^T delta, taken by Adam with L2 weight decay gamma (FAMO's lr 0.025, gamma 0.01).
 
-Cost: FAMO's code evaluates the losses again after each optimizer step (one extra forward) to
-get delta. We use instead the losses of the current step (another batch) as "now" and the
-previous step's as "prev", so a step costs exactly one forward and one backward. The decrease is
-noisier (batch-to-batch variance); its expectation is the same. All state (logits, Adam moments,
-previous losses) is in buffers, so `state_dict` resumes exactly, and under DDP every rank sees
-the same global losses and takes the same logit step. Absent tasks get weight 0 and delta 0.
+Two ways to read delta. `same_batch=True` is FAMO's own algorithm: the losses of the batch just
+trained on are evaluated again after the optimizer step (`observe`, called by the trainer
+through `mtl_after_step`: one extra forward without gradient per step), so delta is the decrease
+the step caused on that batch. The default (`same_batch=False`) costs exactly one forward and one
+backward per step: "prev" is the previous step's losses and "now" the current step's, on another
+batch, so delta carries the batch-to-batch variance of the losses on top of the decrease. With
+diffusion losses, whose per-batch noise is large against one step's decrease, the default is
+much noisier (docs/results.md). All state (logits, Adam moments, previous losses) is in buffers,
+so `state_dict` resumes exactly, and under DDP every rank sees the same global losses and takes
+the same logit step. Absent tasks get weight 0 and delta 0.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ class FAMO(LossMethod):
         gamma: float = 0.01,
         eps: float = 1e-8,
         betas: tuple[float, float] = (0.9, 0.999),
+        same_batch: bool = False,
     ) -> None:
         super().__init__(num_tasks)
+        self.observes_after_step = bool(same_batch)
         if not lr > 0 or gamma < 0 or not eps > 0:
             raise AntError(f"famo needs lr > 0, gamma >= 0, eps > 0; got {lr}, {gamma}, {eps}")
         self.lr, self.gamma, self.eps = float(lr), float(gamma), float(eps)
@@ -56,7 +62,8 @@ class FAMO(LossMethod):
         present = self.present_mask(present, losses.device)
         log_now = torch.log(losses.detach().to(self.logits) + self.eps)
         mask = present.to(self.logits.device)
-        self._update_logits(log_now, mask)
+        if not self.observes_after_step:
+            self._update_logits(log_now, mask)
         self.prev_log_losses.copy_(torch.where(mask, log_now, self.prev_log_losses))
         self.prev_present.copy_(mask)
 
@@ -64,6 +71,14 @@ class FAMO(LossMethod):
         d = losses[present] + self.eps
         c = (z / d).sum().detach()
         return (z * torch.log(d)).sum() / c
+
+    def observe(self, losses: Tensor, present: Tensor) -> None:
+        """same_batch: update the logits from this batch's loss decrease across the step."""
+        mask = present.to(self.logits.device) & self.prev_present
+        log_after = torch.log(losses.detach().to(self.logits) + self.eps)
+        if bool(torch.isfinite(log_after[mask]).all()):
+            self._update_logits(log_after, mask)
+        self.prev_present.zero_()  # consumed: the next step's forward sets it again
 
     def _update_logits(self, log_now: Tensor, present: Tensor) -> None:
         both = present & self.prev_present
@@ -82,4 +97,5 @@ class FAMO(LossMethod):
         self.logits.sub_(self.lr * m_hat / (v_hat.sqrt() + 1e-8))
 
     def extra_repr(self) -> str:
-        return f"num_tasks={self.num_tasks}, lr={self.lr}, gamma={self.gamma}"
+        extra = ", same_batch=True" if self.observes_after_step else ""
+        return f"num_tasks={self.num_tasks}, lr={self.lr}, gamma={self.gamma}{extra}"
