@@ -374,13 +374,23 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[s
         if "heldout_intervals" in finals[0]:
             cols = list(zip(*(f["heldout_intervals"] for f in finals), strict=True))
             entry["heldout_intervals_mean"] = [statistics.fmean(c) for c in cols]
-        if len(runs[0]["final"]) > 1:  # guidance sweep
-            entry["guidance"] = {
-                g: dict(zip((f"{metric}_mean", f"{metric}_std"),
-                            mean_std([r["final"][g][metric] for r in runs]), strict=True))
-                for g in runs[0]["final"]
-            }  # fmt: skip
         paired = [r for r in runs if r["seed"] in base]
+        if len(runs[0]["final"]) > 1:  # guidance sweep, with paired differences to vanilla
+            entry["guidance"] = {}
+            for g in runs[0]["final"]:
+                cell = dict(
+                    zip(
+                        (f"{metric}_mean", f"{metric}_std"),
+                        mean_std([r["final"][g][metric] for r in runs]),
+                        strict=True,
+                    )
+                )
+                if name != "vanilla" and paired:
+                    diffs = [
+                        r["final"][g][metric] - base[r["seed"]]["final"][g][metric] for r in paired
+                    ]
+                    cell["diff_mean"], cell["diff_std"] = mean_std(diffs)
+                entry["guidance"][g] = cell
         if name != "vanilla" and paired:
             for key in (metric, "heldout"):
                 if key not in finals[0]:
@@ -520,6 +530,14 @@ def markdown(summary: dict[str, Any]) -> str:
             f"g={g}" for g in gs) + " |", "|---|" + "---|" * len(gs)]  # fmt: skip
         for n, sw in sweeps.items():
             cells = [fmt(sw[g][f"{metric}_mean"], sw[g][f"{metric}_std"]) for g in gs]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        paired = {n: sw for n, sw in sweeps.items() if "diff_mean" in sw[gs[0]]}
+        if paired:
+            lines += ["", f"Paired d {m_up} vs vanilla at each guidance (same seeds):", "",
+                      "| method | " + " | ".join(f"g={g}" for g in gs) + " |",
+                      "|---|" + "---|" * len(gs)]  # fmt: skip
+        for n, sw in paired.items():
+            cells = [fmt(sw[g]["diff_mean"], sw[g]["diff_std"]) for g in gs]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += ["", "Commands (one per row; each reruns or resumes that row):", "", "```"]
     lines += [e["command"] for e in ms.values()]
