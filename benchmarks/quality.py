@@ -378,13 +378,8 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[s
         if len(runs[0]["final"]) > 1:  # guidance sweep, with paired differences to vanilla
             entry["guidance"] = {}
             for g in runs[0]["final"]:
-                cell = dict(
-                    zip(
-                        (f"{metric}_mean", f"{metric}_std"),
-                        mean_std([r["final"][g][metric] for r in runs]),
-                        strict=True,
-                    )
-                )
+                m, s = mean_std([r["final"][g][metric] for r in runs])
+                cell = {f"{metric}_mean": m, f"{metric}_std": s}
                 if name != "vanilla" and paired:
                     diffs = [
                         r["final"][g][metric] - base[r["seed"]]["final"][g][metric] for r in paired
