@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from sklearn.datasets import load_digits
 
-from antdiff.mtl import build_method, mtl_backward  # ANT
+from antdiff.mtl import build_method, mtl_after_step, mtl_backward  # ANT
 from antdiff.tasks import IntervalPartition, StratifiedSampler  # ANT
 
 
@@ -60,6 +60,7 @@ def main(steps: int = 300, method_name: str = "uw", batch_size: int = 64) -> lis
             torch.nn.utils.clip_grad_norm_(unet.parameters(), method.default_max_grad_norm)
         if info.finite:
             optimizer.step()
+            mtl_after_step(method, loss_fn, task_ids, None, unet)  # no-op but for FAMO same_batch
         history.append(float(info.task_losses.nanmean()))
         if step % 50 == 0 or step == steps - 1:
             losses = ", ".join(f"{v:.3f}" for v in info.task_losses.tolist())

@@ -3,7 +3,9 @@
     method = build_method("uw", num_tasks=K)            # mean, uw, famo, pcgrad, nash, torchjd:NAME
     optimizer = AdamW([{"params": model.parameters()}, *method.param_groups()], lr=1e-4)
     info = mtl_backward(method, loss_fn, task_ids, task_counts, model, scaler=None)
-    if info.finite: optimizer.step()
+    if info.finite:
+        optimizer.step()
+        mtl_after_step(method, loss_fn, task_ids, task_counts, model)  # FAMO same_batch only
 
 Absent tasks (no sample in the global batch): weight 0, each method runs on the present subset,
 and `info.task_losses` is NaN for them. Non-finite losses: skipped step with a GradScaler
