@@ -106,6 +106,11 @@ QUICK = {"dataset": "digits", "methods": "vanilla,min-snr,ant-uw-timestep", "see
          "steps": 300, "curve_every": 100, "curve_num": 200, "fd_num": 500, "sample_steps": 10,
          "heldout_per_interval": 128, "results": "benchmarks/results/quality-quick",
          "out": "runs/bench/quality-quick"}  # fmt: skip
+# Beside the primary metric: precision/recall for images; for toys the outlier-robust MMD^2 and
+# the mixture quality (share within 3 std of a mode, mode-histogram TV), since SWD and the mean
+# log-likelihood are dominated by a few far samples.
+EXTRAS = {"fd": ("precision", "recall"), "swd": ("mmd2", "in_3std", "mode_tv")}
+DIGITS = {"fd": 2, "swd": 3}  # decimals of the primary metric in the tables
 COMMON_PARTITION = "timestep:5"  # the held-out loss is read on these intervals for every run
 
 
@@ -160,7 +165,7 @@ def evaluate_ema(trainer: Any, partition: Any, num: int, guidance: float, args: 
 def compact(res: dict[str, Any]) -> dict[str, Any]:
     """The numbers we keep from one evaluation (no per-bin detail)."""
     keep = ("fd", "precision", "recall", "fd_halves", "fd_noise", "class_kl", "swd", "mmd2",
-            "loglik", "num_samples")  # fmt: skip
+            "loglik", "in_3std", "mode_tv", "num_samples")  # fmt: skip
     out = {k: res[k] for k in keep if k in res}
     if "heldout" in res:
         out["heldout"] = res["heldout"]["mean"]
@@ -169,11 +174,16 @@ def compact(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
-    """Train + evaluate one (method, seed); write its result JSON; skip if it exists."""
+    """Train + evaluate one (method, seed); write its result JSON; skip if it exists.
+
+    With --reevaluate, an existing result gets its final evaluation redone from the run's last
+    checkpoint (new metrics without retraining); its clocks and curve are kept.
+    """
     args, method, seed = job
     out = result_path(args, method, seed)
-    if out.is_file():
-        return json.loads(out.read_text())
+    old = json.loads(out.read_text()) if out.is_file() else None
+    if old is not None and not args.reevaluate:
+        return old
     import torch
 
     torch.set_num_threads(args.threads)
@@ -186,6 +196,8 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
     cfg = make_config(run_config(args, method, seed))
     rdir = Path(cfg.out)
     resume = latest_checkpoint(rdir, missing_ok=True) is not None
+    if old is not None and not resume:
+        raise SystemExit(f"--reevaluate: {rdir} has no checkpoint (run directories are needed)")
     t_wall = time.perf_counter()
     trainer = Trainer(cfg, resume=resume)
     common = partition_from_spec(COMMON_PARTITION, trainer.schedule).partition
@@ -215,6 +227,12 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
     for g in setting.get("guidances", [1.0]):
         final[str(g)] = evaluate_ema(trainer, common, args.fd_num, g, args)
     distributed.teardown()
+    if old is not None:  # --reevaluate: only the final evaluation is new
+        if old["steps"] != trainer.step:
+            raise SystemExit(f"{rdir}: checkpoint at step {trainer.step}, result at {old['steps']}")
+        old.update(final=final, reevaluated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        out.write_text(json.dumps(old, indent=1))
+        return old
     result = {
         "setting": args.dataset, "method": method, "seed": seed, "steps": cfg.steps,
         "config": {k: v for k, v in cfg.to_dict().items() if k not in ("out", "device")},
@@ -367,9 +385,9 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[s
             ),
             "command": command(args, [name], [r["seed"] for r in runs]),
         }
-        for key in (metric, "precision", "recall", "heldout", "mmd2", "loglik"):
-            if key in finals[0]:
-                m, s = mean_std([f[key] for f in finals])
+        for key in (metric, *EXTRAS[metric], "heldout", "loglik"):
+            if any(key in f for f in finals):  # mean over the runs that have it
+                m, s = mean_std([f.get(key) for f in finals])
                 entry[f"{key}_mean"], entry[f"{key}_std"] = m, s
         if "heldout_intervals" in finals[0]:
             cols = list(zip(*(f["heldout_intervals"] for f in finals), strict=True))
@@ -439,28 +457,38 @@ def fmt(m: float, s: float, digits: int = 2) -> str:
     return f"{m:.{digits}f} +/- {s:.{digits}f}" if math.isfinite(s) else f"{m:.{digits}f}"
 
 
+def fmt_g(m: float | None, s: float | None) -> str:
+    """3 significant digits (for metrics of very different scales: MMD^2, shares, P/R)."""
+    if m is None or not math.isfinite(m):
+        return "-"
+    return f"{m:.3g} +/- {s:.2g}" if s is not None and math.isfinite(s) else f"{m:.3g}"
+
+
 def print_tables(summary: dict[str, Any]) -> None:
     metric = summary["metric"]
+    extras = EXTRAS[metric]
     print(f"\n== {summary['setting']}: equal steps (mean +/- std over seeds) ==")
     head = (f"{'method':<22} {'n':>2} {metric + ' (final)':>17} {'held-out x1e3':>16} "
-            f"{'d held-out vs van.':>19} {'prec':>6} {'rec':>6} {'ms/step':>8} "
-            f"{'steps->van':>10}  command")  # fmt: skip
+            f"{'d held-out vs van.':>19} " + " ".join(f"{x[:8]:>8}" for x in extras) +
+            f" {'ms/step':>8} {'steps->van':>10}  command")  # fmt: skip
     print(head)
     for name, e in summary["methods"].items():
         hd = e.get("heldout_diff_vs_vanilla")
         d = fmt(1e3 * hd["mean"], 1e3 * hd["std"]) if hd else "-"
-        print(f"{name:<22} {len(e['seeds']):>2} {fmt(e[f'{metric}_mean'], e[f'{metric}_std']):>17} "
+        cells = " ".join(f"{e.get(f'{x}_mean', math.nan):8.3g}" for x in extras)
+        value = fmt(e[f"{metric}_mean"], e[f"{metric}_std"], DIGITS[metric])
+        print(f"{name:<22} {len(e['seeds']):>2} {value:>17} "
               f"{fmt(1e3 * e.get('heldout_mean', math.nan), 1e3 * e.get('heldout_std', 0)):>16} "
-              f"{d:>19} {e.get('precision_mean', math.nan):6.3f} "
-              f"{e.get('recall_mean', math.nan):6.3f} {e['ms_per_step']:8.1f} "
+              f"{d:>19} {cells} {e['ms_per_step']:8.1f} "
               f"{e.get('steps_to_vanilla_final')!s:>10}  {e['command']}")  # fmt: skip
     if any("equal_time" in e for e in summary["methods"].values()):
         print(f"\n== {summary['setting']}: equal training wall-clock (vanilla's time) ==")
         for name, e in summary["methods"].items():
             q = e["equal_time"]
+            value = fmt(q[f"{metric}_mean"], q[f"{metric}_std"], DIGITS[metric])
             print(
                 f"{name:<22} cost x{e['cost_vs_vanilla']:.2f}  steps {q['step']:>5}  "
-                f"{metric} {fmt(q[f'{metric}_mean'], q[f'{metric}_std'])}  held-out x1e3 "
+                f"{metric} {value}  held-out x1e3 "
                 f"{fmt(1e3 * q.get('heldout_mean', math.nan), 1e3 * q.get('heldout_std', 0))}"
             )
     for name, e in summary["methods"].items():
@@ -480,19 +508,20 @@ def markdown(summary: dict[str, Any]) -> str:
         "per seed (method minus vanilla, same training seed, same evaluation seed).",
         "",
         f"| method | n | held-out loss x1e3 | d held-out vs vanilla | {m_up} final | "
-        f"d {m_up} vs vanilla | precision | recall | steps to vanilla's final {m_up} |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+        f"d {m_up} vs vanilla | " + " | ".join(EXTRAS[metric]) +
+        f" | steps to vanilla's final {m_up} |",
+        "|---|---|---|---|---|---|" + "---|" * len(EXTRAS[metric]) + "---|",
+    ]  # fmt: skip
     for name, e in ms.items():
         hd, fd = e.get("heldout_diff_vs_vanilla"), e.get(f"{metric}_diff_vs_vanilla")
         lines.append(
             f"| {name} | {len(e['seeds'])} | "
             f"{fmt(1e3 * e.get('heldout_mean', math.nan), 1e3 * e.get('heldout_std', math.nan))} | "
             f"{fmt(1e3 * hd['mean'], 1e3 * hd['std']) if hd else '-'} | "
-            f"{fmt(e[f'{metric}_mean'], e[f'{metric}_std'])} | "
-            f"{fmt(fd['mean'], fd['std']) if fd else '-'} | "
-            f"{e.get('precision_mean', math.nan):.3f} | {e.get('recall_mean', math.nan):.3f} | "
-            f"{e.get('steps_to_vanilla_final') or 'not reached'} |"
+            f"{fmt(e[f'{metric}_mean'], e[f'{metric}_std'], DIGITS[metric])} | "
+            f"{fmt(fd['mean'], fd['std'], DIGITS[metric]) if fd else '-'} | "
+            + "".join(f"{fmt_g(e.get(f'{x}_mean'), e.get(f'{x}_std'))} | " for x in EXTRAS[metric])
+            + f"{e.get('steps_to_vanilla_final') or 'not reached'} |"
         )
     if "heldout_intervals_rel_vs_vanilla" in json.dumps(ms):
         ivs = ["0-199", "200-399", "400-599", "600-799", "800-999"]
@@ -515,7 +544,7 @@ def markdown(summary: dict[str, Any]) -> str:
         if q:
             lines.append(
                 f"| {name} | {e['cost_vs_vanilla']:.2f} | {q['step']} | "
-                f"{fmt(q[f'{metric}_mean'], q[f'{metric}_std'])} | "
+                f"{fmt(q[f'{metric}_mean'], q[f'{metric}_std'], DIGITS[metric])} | "
                 f"{fmt(1e3 * q.get('heldout_mean', math.nan), 1e3 * q.get('heldout_std', 0))} |"
             )
     sweeps = {n: e["guidance"] for n, e in ms.items() if "guidance" in e}
@@ -636,6 +665,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot-methods", help="comma list of methods to plot (default all)")
     p.add_argument("--markdown", help="also write the tables as markdown to this file")
     p.add_argument("--summary-only", action="store_true", help="summarise existing results")
+    p.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="redo the final evaluations of finished runs from their checkpoints",
+    )
     p.add_argument("--cost-rounds", type=int, default=5, help="step-cost probe rounds (0: skip)")
     args = p.parse_args(argv)
     base = {**DEFAULTS, **(QUICK if args.quick else {})}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from antdiff.errors import AntError
 from antdiff.metrics import evaluate_samples, fd_reference, features, fid, frechet_distance
 from antdiff.metrics.features import accuracy, digits_split, get_feature_net
+from antdiff.metrics.toy import GaussianMixture, mixture_quality
 
 
 @pytest.fixture(scope="session")
@@ -140,11 +142,27 @@ def test_evaluate_points() -> None:
     out = evaluate_samples(fake, real, kind="points", mixture=mix)
     assert out == evaluate_samples(fake, real, kind="points", mixture=mix)
     json.dumps(out)
-    assert set(out) == {"num_samples", "num_real", "swd", "mmd2", "loglik"}
+    assert set(out) == {"num_samples", "num_real", "swd", "mmd2", "loglik", "in_3std", "mode_tv"}
     good = evaluate_samples(real, real, kind="points", mixture=mix)
     assert good["swd"] == 0.0 and out["swd"] > 0.1
     assert abs(good["mmd2"]) < 1e-2 < out["mmd2"]
     assert good["loglik"] > out["loglik"]
+
+
+def test_mixture_quality_counts_outliers_and_mode_balance() -> None:
+    g = torch.Generator().manual_seed(0)
+    means = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    mix = GaussianMixture(means, 0.1)
+    n = 20000
+    true = means[torch.randint(0, 4, (n,), generator=g)] + 0.1 * torch.randn(n, 2, generator=g)
+    q = mixture_quality(true, mix)
+    assert abs(q["in_3std"] - (1 - math.exp(-4.5))) < 3e-3  # chi-square(2) mass below 3^2
+    assert q["mode_tv"] < 0.02
+    # 10% far outliers and only two modes hit: 0.9 high quality, TV 0.5 between (.5,.5,0,0) and 1/4
+    two = means[torch.arange(n) % 2] + 0.01 * torch.randn(n, 2, generator=g)
+    two[: n // 10] = 50.0
+    q = mixture_quality(two, mix)
+    assert q["in_3std"] == pytest.approx(0.9) and q["mode_tv"] == pytest.approx(0.5)
 
 
 def test_standard_fid_missing_message(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,13 @@ from antdiff.metrics.features import FeatureNet, get_feature_net
 from antdiff.metrics.frechet import frechet_distance, frechet_distance_from_stats, gaussian_stats
 from antdiff.metrics.heldout import draw_heldout_triples, evaluate_heldout, heldout_loss
 from antdiff.metrics.prdc import precision_recall
-from antdiff.metrics.toy import GaussianMixture, gmm_log_likelihood, mmd2_rbf, sliced_wasserstein
+from antdiff.metrics.toy import (
+    GaussianMixture,
+    gmm_log_likelihood,
+    mixture_quality,
+    mmd2_rbf,
+    sliced_wasserstein,
+)
 
 __all__ = [
     "FeatureNet",
@@ -36,6 +42,7 @@ __all__ = [
     "get_feature_net",
     "gmm_log_likelihood",
     "heldout_loss",
+    "mixture_quality",
     "mmd2_rbf",
     "precision_recall",
     "sliced_wasserstein",
@@ -88,7 +95,8 @@ def evaluate_samples(
     num_samples, num_real, feature_net. The default net is the digits one; images of another
     size are resized to it. FD grows as N shrinks: compare numbers at the same N (fd_reference).
     kind="points": keys swd, mmd2 (unbiased MMD^2, can be slightly < 0), loglik (mean nats per
-    point, when the true `mixture` is known), num_samples, num_real.
+    point, when the true `mixture` is known; then also in_3std and mode_tv), num_samples,
+    num_real.
     """
     if kind == "image":
         x, r = _check_images(samples, "samples"), _check_images(real, "real images")
@@ -108,6 +116,7 @@ def evaluate_samples(
         out["mmd2"] = mmd2_rbf(samples, real)
         if mixture is not None:
             out["loglik"] = gmm_log_likelihood(samples, _mixture(mixture))
+            out.update(mixture_quality(samples, _mixture(mixture)))
         return out
     raise AntError(f"kind must be 'image' or 'points'; got {kind!r}")
 
