@@ -216,6 +216,23 @@ def test_heldout_triples_fixed_and_paired() -> None:
     assert other != ra
 
 
+def test_heldout_labels_follow_their_images_and_change_no_draw() -> None:
+    images = torch.randn(30, 2)
+    labels = torch.arange(30) % 7
+    plain = draw_heldout_triples(images, INTERVALS, n_per_interval=25, seed=3)
+    tr = draw_heldout_triples(images, INTERVALS, n_per_interval=25, seed=3, labels=labels)
+    assert plain.y is None
+    assert torch.equal(tr.x0, plain.x0) and torch.equal(tr.t, plain.t)
+    assert torch.equal(tr.noise, plain.noise)
+    rows = [int((images == x).all(dim=1).nonzero()) for x in tr.x0]  # each triple's image
+    assert tr.y.tolist() == labels[rows].tolist()
+    out = heldout_loss(lambda x0, t, noise, y: y.double(), images, INTERVALS, labels=labels,
+                       n_per_interval=25, seed=3)  # fmt: skip
+    assert out["mean"] == pytest.approx(float(tr.y.double().mean()))
+    with pytest.raises(AntError, match="labels must be"):
+        draw_heldout_triples(images, INTERVALS, labels=labels[:5])
+
+
 def test_heldout_summary_values() -> None:
     images = torch.randn(30, 2)
     tr = draw_heldout_triples(images, INTERVALS, n_per_interval=25, seed=0)

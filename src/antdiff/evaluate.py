@@ -81,11 +81,13 @@ def evaluate_model(
     if heldout is not None:
         alphas = schedule.alphas_cumprod.float().to(device)
 
-        def loss_fn(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-            return per_sample_loss(model, x0, t, noise, alphas, prediction=cfg.prediction)
+        def loss_fn(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y=None) -> torch.Tensor:
+            return per_sample_loss(model, x0, t, noise, alphas, prediction=cfg.prediction, y=y)
 
+        # class-conditional: the loss given each image's true label (the model's main task)
+        labels = heldout.labels if meta["num_classes"] else None
         intervals = [list(iv) for iv in partition.intervals]
-        out["heldout"] = heldout_loss(loss_fn, heldout.x, intervals, seed=seed,
+        out["heldout"] = heldout_loss(loss_fn, heldout.x, intervals, seed=seed, labels=labels,
                                       n_per_interval=per_interval, device=device)  # fmt: skip
     return _clean(out)
 

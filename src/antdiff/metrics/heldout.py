@@ -23,18 +23,20 @@ from torch import Tensor
 
 from antdiff.errors import AntError
 
-LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+LossFn = Callable[..., Tensor]  # (x0, t, noise) -> [B]; with labels: (x0, t, noise, y) -> [B]
 
 
 @dataclass(frozen=True)
 class HeldoutTriples:
-    """x0 [N, ...], t [N] (int64), noise [N, ...] and the interval index of each triple [N]."""
+    """x0 [N, ...], t [N] (int64), noise [N, ...], the interval index of each triple [N] and,
+    for a class-conditional model, each image's label y [N] (else None)."""
 
     x0: Tensor
     t: Tensor
     noise: Tensor
     interval: Tensor
     intervals: tuple[tuple[int, int], ...]
+    y: Tensor | None = None
 
     @property
     def num_timesteps(self) -> int:
@@ -62,8 +64,11 @@ def draw_heldout_triples(
     *,
     n_per_interval: int = 64,
     seed: int = 0,
+    labels: Tensor | None = None,
 ) -> HeldoutTriples:
-    """Draw n_per_interval (image, t, noise) triples per interval, deterministically from seed."""
+    """Draw n_per_interval (image, t, noise) triples per interval, deterministically from seed.
+
+    `labels` [N] (optional) go along with their images; they change no random draw."""
     pairs = check_intervals(intervals)
     if images.ndim < 2 or len(images) == 0:
         raise AntError(f"held-out images must be a non-empty batch; got {tuple(images.shape)}")
@@ -80,7 +85,12 @@ def draw_heldout_triples(
     x0 = images[idx]
     noise = torch.randn(x0.shape, generator=gen)
     interval = torch.arange(len(pairs)).repeat_interleave(n_per_interval)
-    return HeldoutTriples(x0, t, noise, interval, pairs)
+    y = None
+    if labels is not None:
+        if labels.shape != (len(images),):
+            raise AntError(f"labels must be [{len(images)}]; got {tuple(labels.shape)}")
+        y = labels.detach().cpu().long()[idx]
+    return HeldoutTriples(x0, t, noise, interval, pairs, y)
 
 
 def _summary(losses: Tensor) -> dict[str, float]:
@@ -101,14 +111,16 @@ def evaluate_heldout(
     """Mean loss (+ standard error) overall, per interval and per equal-width timestep bin.
 
     `loss_fn(x0, t, noise) -> [B]` per-sample losses (the caller binds model, schedule and
-    prediction type, e.g. eps or v MSE of the EMA model).
+    prediction type, e.g. eps or v MSE of the EMA model); `loss_fn(x0, t, noise, y)` when the
+    triples carry labels.
     """
     parts = []
     for i in range(0, len(triples.t), batch_size):
         sl = slice(i, i + batch_size)
-        out = loss_fn(
-            triples.x0[sl].to(device), triples.t[sl].to(device), triples.noise[sl].to(device)
-        )
+        args = [triples.x0[sl], triples.t[sl], triples.noise[sl]]
+        if triples.y is not None:
+            args.append(triples.y[sl])
+        out = loss_fn(*(a.to(device) for a in args))
         out = torch.as_tensor(out).detach().reshape(-1).cpu().to(torch.float64)
         if out.shape[0] != triples.t[sl].shape[0]:
             raise AntError(f"loss_fn must return one loss per sample; got shape {tuple(out.shape)}")
@@ -142,9 +154,12 @@ def heldout_loss(
     num_bins: int = 10,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    labels: Tensor | None = None,
 ) -> dict:
     """Draw the fixed triples (`draw_heldout_triples`) and evaluate `loss_fn` on them."""
-    triples = draw_heldout_triples(images, intervals, n_per_interval=n_per_interval, seed=seed)
+    triples = draw_heldout_triples(
+        images, intervals, n_per_interval=n_per_interval, seed=seed, labels=labels
+    )
     return evaluate_heldout(
         loss_fn, triples, num_bins=num_bins, batch_size=batch_size, device=device
     )
