@@ -68,7 +68,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "digits-cond": {
         "config": {"dataset": "digits", "batch_size": 64, "lr": 2e-3, "conditional": True},
         "steps": 2000,
-        "guidances": [1.5, 2.0, 2.5, 3.0],
+        "guidances": [1.0, 1.5, 2.0, 2.5, 3.0],
         "curve_guidance": 2.0,
     },
     "digits16": {
