@@ -81,7 +81,9 @@ def evaluate_model(
     if heldout is not None:
         alphas = schedule.alphas_cumprod.float().to(device)
 
-        def loss_fn(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y=None) -> torch.Tensor:
+        def loss_fn(
+            x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None
+        ) -> torch.Tensor:
             return per_sample_loss(model, x0, t, noise, alphas, prediction=cfg.prediction, y=y)
 
         # class-conditional: the loss given each image's true label (the model's main task)

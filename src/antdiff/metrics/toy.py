@@ -110,7 +110,7 @@ class GaussianMixture:
 
 
 def _mixture_parts(points: Tensor | np.ndarray, mixture: GaussianMixture):
-    """(points [N, D], means [M, D], weights [M] summing to 1, squared distances [N, M])."""
+    """(points [N, D], weights [M] summing to 1, squared distances to the means [N, M])."""
     means = _points(torch.as_tensor(np.asarray(mixture.means, dtype=np.float64)), "mixture means")
     x = _points(points, "points", dim=means.shape[1])
     if not mixture.std > 0:
@@ -124,12 +124,12 @@ def _mixture_parts(points: Tensor | np.ndarray, mixture: GaussianMixture):
             raise AntError(f"mixture weights must be {m} non-negative numbers")
         w = w / w.sum()
     d2 = torch.cdist(x, means, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
-    return x, means, w, d2
+    return x, w, d2
 
 
 def gmm_log_likelihood(points: Tensor | np.ndarray, mixture: GaussianMixture) -> float:
     """Mean log-density of points [N, D] under the mixture (nats per point)."""
-    x, _, w, d2 = _mixture_parts(points, mixture)
+    x, w, d2 = _mixture_parts(points, mixture)
     var = float(mixture.std) ** 2
     log_norm = -0.5 * x.shape[1] * math.log(2 * math.pi * var)
     return float(torch.logsumexp(w.log() - d2 / (2 * var), dim=1).mean() + log_norm)
@@ -138,7 +138,7 @@ def gmm_log_likelihood(points: Tensor | np.ndarray, mixture: GaussianMixture) ->
 def mixture_quality(points: Tensor | np.ndarray, mixture: GaussianMixture) -> dict[str, float]:
     """in_3std: share of points within 3 std of the nearest mean (true 2-D samples: 0.989);
     mode_tv: total variation between the modes of those points and the weights (0 = exact)."""
-    _, _, w, d2 = _mixture_parts(points, mixture)
+    _, w, d2 = _mixture_parts(points, mixture)
     nearest, mode = d2.min(dim=1)
     good = nearest <= (3.0 * float(mixture.std)) ** 2
     share = torch.bincount(mode[good], minlength=len(w)).double() / max(int(good.sum()), 1)

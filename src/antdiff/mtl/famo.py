@@ -14,11 +14,11 @@ trained on are evaluated again after the optimizer step (`observe`, called by th
 through `mtl_after_step`: one extra forward without gradient per step), so delta is the decrease
 the step caused on that batch. The default (`same_batch=False`) costs exactly one forward and one
 backward per step: "prev" is the previous step's losses and "now" the current step's, on another
-batch, so delta carries the batch-to-batch variance of the losses on top of the decrease. With
-diffusion losses, whose per-batch noise is large against one step's decrease, the default is
-much noisier (docs/results.md). All state (logits, Adam moments, previous losses) is in buffers,
-so `state_dict` resumes exactly, and under DDP every rank sees the same global losses and takes
-the same logit step. Absent tasks get weight 0 and delta 0.
+batch, so delta carries the batch-to-batch variance of the losses on top of the decrease. On
+diffusion timestep intervals both variants fail (docs/results.md): their losses span ~400x, and
+log-loss balancing weights a task by 1 / L_i. All state (logits, Adam moments, previous
+losses) is in buffers, so `state_dict` resumes exactly, and under DDP every rank sees the same
+global losses and takes the same logit step. Absent tasks get weight 0 and delta 0.
 """
 
 from __future__ import annotations
