@@ -230,7 +230,9 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
     if old is not None:  # --reevaluate: only the final evaluation is new
         if old["steps"] != trainer.step:
             raise SystemExit(f"{rdir}: checkpoint at step {trainer.step}, result at {old['steps']}")
-        old.update(final=final, reevaluated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        old.update(final=final, reevaluated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   command=command(args, [method], [seed]))  # fmt: skip
+        old["eval"].update(fd_num=args.fd_num, sample_steps=args.sample_steps)
         out.write_text(json.dumps(old, indent=1))
         return old
     result = {
