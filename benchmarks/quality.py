@@ -147,18 +147,11 @@ def evaluate_ema(trainer: Any, partition: Any, num: int, guidance: float, args: 
     """Metrics of the trainer's EMA weights (held-out loss on the common partition)."""
     from antdiff.evaluate import evaluate_model
 
-    params = list(trainer.model.parameters())
-    trainer.ema.store(params)
-    trainer.ema.copy_to(params)
-    trainer.model.eval()
-    try:
-        res = evaluate_model(trainer.model, trainer.cfg, trainer.meta, trainer.schedule,
-                             partition, num=num, sampler="ddim", steps=args.sample_steps,
+    with trainer.ema_weights() as model:
+        res = evaluate_model(model, trainer.cfg, trainer.meta, trainer.schedule, partition,
+                             num=num, sampler="ddim", steps=args.sample_steps,
                              guidance=guidance, seed=args.eval_seed,
                              per_interval=args.heldout_per_interval)  # fmt: skip
-    finally:
-        trainer.ema.restore(params)
-        trainer.model.train()
     return compact(res)
 
 

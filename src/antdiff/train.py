@@ -14,6 +14,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,22 +219,29 @@ class Trainer:
             self.dist.barrier()
         return path
 
+    @contextmanager
+    def ema_weights(self) -> Iterator[nn.Module]:
+        """The model with its EMA weights, in eval mode; the training weights come back after."""
+        params = list(self.model.parameters())
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        self.model.eval()
+        try:
+            yield self.model
+        finally:
+            self.ema.restore(params)
+            self.model.train()
+
     def evaluate(self) -> None:
         """Metrics of the current EMA weights, appended to metrics.jsonl (rank 0 only)."""
         if self.dist.main:
             from antdiff.evaluate import evaluate_model
 
-            params = list(self.model.parameters())
-            self.ema.store(params)
-            self.ema.copy_to(params)
-            try:
-                result = evaluate_model(self.model, self.cfg, self.meta, self.schedule,
+            with self.ema_weights() as model:
+                result = evaluate_model(model, self.cfg, self.meta, self.schedule,
                                         self.partition, num=self.cfg.eval_num,
                                         sampler=self.cfg.sampler, steps=self.cfg.sample_steps,
                                         guidance=self.cfg.guidance, seed=self.cfg.seed)  # fmt: skip
-            finally:
-                self.ema.restore(params)
-                self.model.train()
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": self.step, "eval": result}) + "\n")
         self.dist.barrier()
