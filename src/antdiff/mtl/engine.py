@@ -117,11 +117,7 @@ def mtl_after_step(
         return
     ids, counts = _check_inputs(method, task_ids, task_counts, model)
     with torch.no_grad():
-        per_sample = _call(loss_fn, torch.arange(ids.numel(), device=ids.device))
-        glob = task_sums(per_sample, ids, method.num_tasks) / counts.clamp_min(1).to(per_sample)
-        world, group = _world(model)
-        if world > 1:
-            dist.all_reduce(glob, group=group)
+        _, glob = _task_losses(loss_fn, ids, counts, method.num_tasks, model)
     method.observe(glob, (counts > 0).to(glob.device))
 
 
@@ -142,12 +138,7 @@ def _weighted_step(
     scale: float,
 ) -> tuple[Tensor, Tensor, bool]:
     k = method.num_tasks
-    world, group = _world(model)
-    per_sample = _call(loss_fn, torch.arange(ids.numel(), device=ids.device))
-    local = task_sums(per_sample, ids, k) / counts.clamp_min(1).to(per_sample)
-    glob = local.detach().clone()
-    if world > 1:
-        dist.all_reduce(glob, group=group)
+    local, glob = _task_losses(loss_fn, ids, counts, k, model)
     present = present.to(glob.device)
     if not bool(torch.isfinite(glob[present]).all()):
         return glob, torch.zeros(k), False
@@ -156,12 +147,26 @@ def _weighted_step(
     else:
         assert isinstance(method, GramianMethod)
         weights = method.cached_weights()
-    objective = (weights.detach().to(local) * local).sum() * (world * scale)
+    objective = (weights.detach().to(local) * local).sum() * (_world(model)[0] * scale)
     objective.backward()
     grads = [p.grad for p in params if p.grad is not None]
     if scale != 1.0:
         torch._foreach_mul_(grads, 1.0 / scale)
     return glob, weights, _all_finite(grads)
+
+
+def _task_losses(
+    loss_fn: LossFn, ids: Tensor, counts: Tensor, k: int, model: nn.Module
+) -> tuple[Tensor, Tensor]:
+    """One forward: this rank's task sums / GLOBAL counts [K] (differentiable) and their sum
+    over ranks, the global task losses (detached; one all-reduce of K numbers under DDP)."""
+    per_sample = _call(loss_fn, torch.arange(ids.numel(), device=ids.device))
+    local = task_sums(per_sample, ids, k) / counts.clamp_min(1).to(per_sample)
+    glob = local.detach().clone()
+    world, group = _world(model)
+    if world > 1:
+        dist.all_reduce(glob, group=group)
+    return local, glob
 
 
 def _refresh_step(
