@@ -44,7 +44,7 @@ def affinity_section(folder: str | Path) -> Section | None:
 
 def transfer_section(folder: str | Path) -> Section | None:
     """NTG and held-out gap per interval from `transfer.json` in `folder`."""
-    from antdiff.analysis.transfer import heldout_rows, interval_labels, relative_gap
+    from antdiff.analysis.transfer import gap_percent, interval_labels
 
     folder = Path(folder)
     path = folder / "transfer.json"
@@ -52,7 +52,7 @@ def transfer_section(folder: str | Path) -> Section | None:
         return None
     r = json.loads(path.read_text())
     m = r["metric"].upper()
-    pct = r.get("heldout_gap_pct") or relative_gap(heldout_rows(r))
+    pct = gap_percent(r)
     rows = "".join(
         f"<tr><td>{label}</td><td>{_cell(r['ntg'], j, 3)}</td>"
         f"<td>{_cell(r['heldout_gap'], j, 5)}</td><td>{_cell(pct, j, 1)}</td>"

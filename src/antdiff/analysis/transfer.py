@@ -405,8 +405,7 @@ def plot_transfer(result: dict[str, Any], path: str | Path) -> None:
         ),
         ("heldout_gap_pct", "held-out loss: specialist vs generalist (%)"),
     ]
-    if "heldout_gap_pct" not in result:  # transfer.json of an earlier version
-        result = {**result, "heldout_gap_pct": relative_gap(heldout_rows(result))}
+    result = {**result, "heldout_gap_pct": gap_percent(result)}
     for ax, (key, title) in zip(panels, what, strict=True):
         stats = result[key]
         err = [0.0 if v is None else v for v in stats["std"]]
@@ -425,15 +424,18 @@ def plot_transfer(result: dict[str, Any], path: str | Path) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
 
 
-def heldout_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+def gap_percent(result: dict[str, Any]) -> dict[str, Any]:
+    """`heldout_gap_pct` of a transfer result, computed for a transfer.json written before it."""
+    if "heldout_gap_pct" in result:
+        return result["heldout_gap_pct"]
     pairs = zip(result["heldout_specialist"], result["heldout_generalist"], strict=True)
-    return [{"heldout_specialist": s, "heldout_generalist": g} for s, g in pairs]
+    return relative_gap([{"heldout_specialist": s, "heldout_generalist": g} for s, g in pairs])
 
 
 def summary_table(result: dict[str, Any]) -> str:
     """Plain-text table of NTG and held-out gap per interval (mean +- std over seeds)."""
     m = result["metric"].upper()
-    pct = result.get("heldout_gap_pct") or relative_gap(heldout_rows(result))
+    pct = gap_percent(result)
     lines = [f"{'interval':>12}  {'NTG (' + m + ')':>18}  {'held-out gap':>20}  {'gap %':>14}"]
     for j, label in enumerate(interval_labels(result["intervals"])):
         lines.append(
