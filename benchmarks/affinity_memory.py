@@ -81,8 +81,9 @@ def main() -> None:
         ]
         rows = {"train": peak_rss(train)}
         code = (
-            "import sys; from antdiff.run import load_run; from antdiff.models import "
-            "count_parameters; print(count_parameters(load_run(sys.argv[1]).model))"
+            "import sys; from antdiff.build import trained_model; from antdiff.rundir import "
+            "RunDir; from antdiff.models import count_parameters; "
+            "print(count_parameters(trained_model(RunDir.open(sys.argv[1]))))"
         )
         rows["floor"] = peak_rss([sys.executable, "-c", code, str(run)])
         params = int(subprocess.check_output([sys.executable, "-c", code, str(run)]).decode())

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from antdiff.schedule import NoiseSchedule
-from antdiff.tasks import cluster_schedule
+from antdiff.diffusion import NoiseSchedule
+from antdiff.tasks import cluster_timesteps
 
 
 def naive_dp(v: np.ndarray, k: int) -> float:
@@ -63,7 +63,7 @@ def main() -> None:
         log_snr = schedule.snr_numpy(log=True)
         for k in (2, 5, 10):
             ts, ls = (
-                time_ms(lambda o=o, k=k, s=schedule: cluster_schedule(o, k, s), args.repeats)
+                time_ms(lambda o=o, k=k, s=schedule: cluster_timesteps(o, k, s), args.repeats)
                 for o in ("timestep", "log-snr")
             )
             naive = None
@@ -71,7 +71,7 @@ def main() -> None:
                 start = time.perf_counter()
                 ref = naive_dp(log_snr, k)
                 naive = (time.perf_counter() - start) * 1e3
-                ours = cluster_schedule("log-snr", k, schedule).cost
+                ours = cluster_timesteps("log-snr", k, schedule).total
                 assert abs(ref - ours) <= 1e-9 * max(1.0, abs(ref)), (T, k, ref, ours)
             rows.append({"T": T, "k": k, "timestep_ms": ts, "log_snr_ms": ls, "naive_ms": naive})
             speed = f"{naive / ls:.0f}x" if naive else "-"

@@ -18,20 +18,16 @@ from pathlib import Path
 
 import torch
 
+from antdiff import build
 from antdiff.config import make_config
-from antdiff.evaluate import evaluate_model
-from antdiff.run import load_run
-from antdiff.schedule import NoiseSchedule
-from antdiff.tasks import IntervalPartition
-from antdiff.train import data_meta, load_data, make_model
+from antdiff.evaluate import Evaluator
+from antdiff.rundir import RunDir
 
 
 def untrained() -> tuple:
     cfg = make_config({})
-    data, _ = load_data(cfg)
-    meta = data_meta(cfg, data)
-    schedule = NoiseSchedule.from_name(cfg.schedule, cfg.timesteps)
-    return make_model(cfg, meta).eval(), cfg, meta, schedule, IntervalPartition.uniform(1000, 5)
+    parts = build.components(cfg)
+    return parts.model.eval(), cfg, parts.info, parts.schedule
 
 
 def main() -> None:
@@ -42,14 +38,15 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/evaluate_speed.json")
     args = ap.parse_args()
     if args.run:
-        run = load_run(args.run)
-        parts = (run.model, run.cfg, run.meta, run.schedule, run.partition)
+        run = RunDir.open(args.run)
+        model, cfg, info = build.trained_model(run), run.cfg, run.info
+        schedule = build.schedule(cfg)
     else:
-        parts = untrained()
+        model, cfg, info, schedule = untrained()
     rows = []
     for seed in range(args.seeds):
         start = time.perf_counter()
-        result = evaluate_model(*parts, num=args.num, seed=seed)
+        result = Evaluator(cfg, info, schedule, num=args.num, seed=seed)(model)
         seconds = time.perf_counter() - start
         rows.append({"seed": seed, "seconds": seconds, "fd": result["fd"],
                      "fd_halves": result["fd_halves"], "fd_noise": result["fd_noise"]})  # fmt: skip

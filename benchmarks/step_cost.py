@@ -17,32 +17,27 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import platform
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 
+from antdiff.models import build_model
 from antdiff.mtl import build_method, mtl_backward
 from antdiff.tasks import IntervalPartition, StratifiedSampler
 
-MODELS: dict[str, dict[str, Any]] = {
-    "digits8": {
-        "sample_size": 8,
-        "block_out_channels": (32, 64),
-        "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
-    },
-    "unet32": {
-        "sample_size": 32,
-        "block_out_channels": (32, 64, 128),
-        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-    },
+# name -> (antdiff model, image size, overrides of its diffusers config)
+MODELS: dict[str, tuple[str, int, dict[str, Any]]] = {
+    "digits8": ("unet-tiny", 8, {}),  # ~0.7M parameters
+    "unet32": ("unet-small", 32, {"block_out_channels": (32, 64, 128)}),  # ~2.7M
 }
 # variant -> (method name, options); nash is timed as refresh-every-step and cached-only.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -59,8 +54,55 @@ NASH_EVERY = 25
 
 def build_unet(name: str) -> UNet2DModel:
     torch.manual_seed(0)
-    cfg = {"layers_per_block": 1, "norm_num_groups": 8, "attention_head_dim": 8, **MODELS[name]}
-    return UNet2DModel(in_channels=1, out_channels=1, **cfg)
+    model, size, overrides = MODELS[name]
+    return build_model(model, channels=1, size=size, **overrides).net
+
+
+def machine() -> dict[str, Any]:
+    """Where a measurement ran."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "platform": platform.platform(), "gpu": gpu}  # fmt: skip
+
+
+def update_train_costs(path: Path, argvs: dict[str, list[str]], rounds: int) -> dict[str, float]:
+    """ms per training step of `antdiff train ARGV` for each name (vanilla among them), measured
+    interleaved in this process; merged into the JSON at `path`, where older entries keep their
+    values and the new ones are rescaled by vanilla's old/new ratio."""
+    from antdiff.cli import train_config
+    from antdiff.train import Trainer
+
+    old = json.loads(path.read_text())["ms"] if path.is_file() else {}
+    todo = [m for m in argvs if m not in old or m == "vanilla"]
+    if todo == ["vanilla"] and old:
+        return old
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {
+            m: Trainer.start(train_config([*argvs[m], "--out", f"{tmp}/{m}"])) for m in todo
+        }
+        ms = interleaved_ms({m: t.train_step for m, t in trainers.items()}, rounds)
+    scale = old["vanilla"] / ms["vanilla"] if old else 1.0
+    new = {m: round(v * scale, 2) for m, v in ms.items() if m != "vanilla" or not old}
+    note = "ms/step, interleaved in one process; later additions rescaled to vanilla"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"ms": {**old, **new}, "note": note}, indent=1))
+    return {**old, **new}
+
+
+def interleaved_ms(steps: dict[str, Callable[[], Any]], rounds: int, per_round: int = 10) -> dict:
+    """Median ms per call of each `steps[name]()`, the names interleaved round-robin in ONE
+    process so that drift in the machine load hits all of them alike (3 warm-up calls each)."""
+    for step in steps.values():
+        for _ in range(3):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                step()
+            times[name].append(1000 * (time.perf_counter() - start) / per_round)
+    return {name: round(statistics.median(v), 2) for name, v in times.items()}
 
 
 def make_batches(size: int, batch: int, k: int, n: int, device: torch.device) -> list[tuple]:
@@ -153,7 +195,7 @@ def peak_memory_mb(model: str, variant: str, k: int, batches: list, device: torc
 def measure(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     rows = []
     for model in args.models:
-        size, batch = MODELS[model]["sample_size"], args.batch[model]
+        size, batch = MODELS[model][1], args.batch[model]
         for k in args.tasks:
             batches = make_batches(size, batch, k, args.steps + 1, device)
             steppers = {}

@@ -64,7 +64,7 @@ def main(steps: int = 300, method_name: str = "uw", batch_size: int = 64) -> lis
         history.append(float(info.task_losses.nanmean()))
         if step % 50 == 0 or step == steps - 1:
             losses = ", ".join(f"{v:.3f}" for v in info.task_losses.tolist())
-            print(f"step {step:4d}  task losses [{losses}]  weights {info.weights.tolist()}")
+            print(f"step {step:4d}  task losses [{losses}]  weights {info.task_weights.tolist()}")
     return history
 
 

@@ -13,7 +13,6 @@ import torch
 
 from antdiff.analysis.affinity import (
     AffinityResult,
-    GradientSketch,
     LossSetup,
     Probe,
     affinity_matrix,
@@ -21,13 +20,14 @@ from antdiff.analysis.affinity import (
     probe_timesteps,
     run_affinity,
 )
+from antdiff.analysis.sketch import GradientSketch
+from antdiff.api import train
 from antdiff.cli import main
 from antdiff.config import make_config
+from antdiff.diffusion import NoiseSchedule
 from antdiff.errors import AntError
 from antdiff.models import build_model
-from antdiff.schedule import NoiseSchedule
-from antdiff.tasks import load_affinity, partition_from_spec
-from antdiff.train import train
+from antdiff.tasks import clustering_from_spec, load_affinity
 
 T = 100
 
@@ -40,7 +40,7 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
            "batch_size": 64, "lr": 1e-2, "method": "vanilla", "checkpoint_every": 3,
            "keep_checkpoints": 5, "num_samples": 8, "sample_steps": 2, "log_every": 3,
            "model_options": {"hidden": 32, "depth": 2}, "out": str(out)}  # fmt: skip
-    return train(make_config(cfg))
+    return train(make_config(cfg)).path
 
 
 def _setup(timesteps: int = T) -> tuple[torch.nn.Module, Probe, LossSetup]:
@@ -153,8 +153,8 @@ def test_outputs_feed_clustering_and_training(toy_run: Path, tmp_path: Path, cap
     assert json.loads(str(z["settings"]))["steps"] == [3, 6]
     np.testing.assert_array_equal(np.load(out / "affinity.npy"), z["affinity"])
     np.testing.assert_array_equal(load_affinity(out / "affinity.npz"), z["affinity"])
-    part = partition_from_spec(f"affinity:3:{out / 'affinity.npz'}", NoiseSchedule.from_name(
-        "linear", T)).partition  # fmt: skip
+    schedule = NoiseSchedule.from_name("linear", T)
+    part = clustering_from_spec(f"affinity:3:{out / 'affinity.npz'}", schedule).partition
     assert part.k == 3 and part.timesteps == T
     argv = ["cluster", "--timesteps", str(T), "-k", "3", "--cost", "affinity", "--affinity",
             str(out / "affinity.npy"), "--json"]  # fmt: skip

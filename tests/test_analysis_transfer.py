@@ -12,12 +12,13 @@ import torch
 from torch import nn
 
 from antdiff.analysis.transfer import MixtureDenoiser, TransferPlan, parse_intervals, run_transfer
+from antdiff.build import load_data
 from antdiff.cli import main
+from antdiff.config import make_config
+from antdiff.diffusion import NoiseSchedule, generate
 from antdiff.errors import AntError
-from antdiff.sampling import generate
-from antdiff.schedule import NoiseSchedule
-from antdiff.tasks import IntervalPartition
-from antdiff.train import RangeSampler, draw_batch, load_data
+from antdiff.tasks import IntervalPartition, RangeSampler
+from antdiff.train import draw_batch
 
 
 class Recorder(nn.Module):
@@ -54,12 +55,12 @@ def test_mixture_inside_the_reverse_loop() -> None:
 
 
 def test_parse_intervals() -> None:
-    schedule = NoiseSchedule.from_name("linear", 1000)
-    assert parse_intervals("timestep:4", schedule).intervals[1] == (250, 499)
-    assert parse_intervals("0:99,100:999", schedule).intervals == ((0, 99), (100, 999))
+    cfg = make_config({})
+    assert parse_intervals("timestep:4", cfg).intervals[1] == (250, 499)
+    assert parse_intervals("0:99,100:999", cfg).intervals == ((0, 99), (100, 999))
     for bad in ("0:99,150:999", "0:99,100:998", "1:999", "0-99", "timestep:0"):
         with pytest.raises(AntError):
-            parse_intervals(bad, schedule)
+            parse_intervals(bad, cfg)
 
 
 def _plan(tmp_path: Path, **over) -> TransferPlan:
@@ -77,12 +78,13 @@ def test_specialist_configs_and_budgets(tmp_path: Path) -> None:
     assert spec.timestep_range == "100:999" and spec.method == "mean" and spec.steps == 4
     data, _ = load_data(spec)
     sampler = RangeSampler((100, 999), IntervalPartition.uniform(1000, 1))
-    t = torch.cat([draw_batch(spec, len(data), [2], sampler, s).t for s in range(20)])
+    t = torch.cat([draw_batch(spec, len(data), (2,), sampler, s).t for s in range(20)])
     assert t.min() >= 100 and t.max() <= 999 and t.unique().numel() > 100
     gen = plan.config(0, None)
-    assert gen.timestep_range is None and gen.sampling == "uniform" and gen.steps == 4
+    assert gen.timestep_range is None and gen.timestep_sampling == "uniform" and gen.steps == 4
     uw = _plan(tmp_path, method="uw").config(1, None)
-    assert uw.method == "uw" and uw.clusters == "timestep:2" and uw.sampling == "stratified"
+    assert uw.method == "uw" and uw.clusters == "timestep:2"
+    assert uw.timestep_sampling == "stratified"
     assert uw.seed == 1
     with pytest.raises(AntError, match="cluster spec"):
         _plan(tmp_path, intervals="0:99,100:999", method="uw")
@@ -111,10 +113,11 @@ def test_transfer_end_to_end_on_a_toy(tmp_path: Path) -> None:
     assert "Negative transfer (O2)" in (out / "report.html").read_text()
     assert result["runs"]["0"][0] == str(out / "seed0" / "generalist-vanilla-4")
     first = saved["mixture"]
-    stamp = (out / "seed0" / "generalist-vanilla-4" / "report.html").stat().st_mtime_ns
+    weights = out / "seed0" / "generalist-vanilla-4" / "checkpoints" / "step_0000004"
+    stamp = (weights / "model.safetensors").stat().st_mtime_ns
     run_transfer(plan)  # finished runs are reused (not retrained), the numbers reproducible
     assert json.loads((out / "transfer.json").read_text())["mixture"] == first
-    assert (out / "seed0" / "generalist-vanilla-4" / "report.html").stat().st_mtime_ns == stamp
+    assert (weights / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(AntError, match="another config"):
         run_transfer(_other_lr(plan))
 

@@ -1,41 +1,46 @@
-"""benchmarks/quality.py: paired summaries, curve reading and the command printed beside a row."""
+"""benchmarks/: paired summaries and curve reading (bench_stats), the tables show the summary's
+numbers (bench_tables), every benchmark row is an `antdiff train` command, and the command printed
+beside a row reproduces its arguments (quality.py)."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import shlex
 import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-PATH = Path(__file__).parents[1] / "benchmarks" / "quality.py"
+from antdiff.cli import train_config
+
+BENCH = Path(__file__).parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def quality():
-    spec = importlib.util.spec_from_file_location("bench_quality", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_quality"] = module
-    spec.loader.exec_module(module)
-    return module
+def bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield {m: importlib.import_module(m) for m in ("bench_stats", "bench_tables", "quality")}
+    finally:
+        sys.path.remove(str(BENCH))
 
 
 def fake_run(method: str, seed: int, fd: dict[str, float], curve: list[float], secs: float):
-    """A result JSON as run_one writes it (only the fields the summary reads)."""
+    """A result JSON as quality.run_one writes it (only the fields the summary reads)."""
     steps = 100 * (len(curve) - 1)
-    final = {g: {"fd": v, "heldout": 0.08 + v / 1000, "heldout_intervals": [v] * 5}
+    final = {g: {"fd": v, "heldout": 0.08 + v / 1000, "heldout_intervals": [v, 2 * v]}
              for g, v in fd.items()}  # fmt: skip
     points = [{"step": 100 * i, "train_seconds": secs * i / (len(curve) - 1), "fd": v,
                "heldout": v / 100} for i, v in enumerate(curve)]  # fmt: skip
     return {"setting": "digits-cond", "method": method, "seed": seed, "steps": steps,
             "train_seconds": secs, "wall_seconds": 2 * secs, "final": final, "curve": points,
-            "command": ""}  # fmt: skip
+            "eval": {}, "config": {"timesteps": 1000}}  # fmt: skip
 
 
-def test_summary_pairs_seeds_and_reads_the_curves(quality, tmp_path) -> None:
-    args = quality.parse_args(["--dataset", "digits-cond", "--results", str(tmp_path)])
+def test_summary_pairs_seeds_and_reads_the_curves(bench) -> None:
+    stats, tables = bench["bench_stats"], bench["bench_tables"]
     van = {0: (20.0, 22.0), 1: (24.0, 25.0), 2: (18.0, 21.0)}  # seed -> FD at g=1.5, g=2.0
     ant = {0: (17.0, 20.0), 1: (23.0, 22.0), 2: (14.0, 20.5)}
     results = []
@@ -44,7 +49,7 @@ def test_summary_pairs_seeds_and_reads_the_curves(quality, tmp_path) -> None:
                                 [90, 40, 30, 22], secs=10.0))  # fmt: skip
         results.append(fake_run("ant-uw-affinity", s, {"1.5": ant[s][0], "2.0": ant[s][1]},
                                 [80, 30, 20, 18], secs=20.0))  # fmt: skip
-    summary = quality.summarize(args, results)
+    summary = stats.summarize(results, guidance="2.0")
     e = summary["methods"]["ant-uw-affinity"]
     for i, g in enumerate(("1.5", "2.0")):
         diffs = [ant[s][i] - van[s][i] for s in range(3)]
@@ -53,6 +58,8 @@ def test_summary_pairs_seeds_and_reads_the_curves(quality, tmp_path) -> None:
     # the headline numbers are read at the setting's curve guidance (2.0)
     assert e["fd_mean"] == pytest.approx(statistics.fmean(a[1] for a in ant.values()))
     assert e["fd_diff_vs_vanilla"]["mean"] == pytest.approx(-5.5 / 3)
+    rel = np.mean([ant[s][1] / van[s][1] - 1 for s in range(3)])
+    assert e["heldout_intervals_rel_vs_vanilla"] == pytest.approx([rel, rel])
     # vanilla's final curve FD is 22: the method's mean curve (80, 30, 20) gets there at step 200
     assert summary["vanilla_final_curve"] == 22
     assert e["steps_to_vanilla_final"] == 200
@@ -61,24 +68,52 @@ def test_summary_pairs_seeds_and_reads_the_curves(quality, tmp_path) -> None:
     assert e["cost_vs_vanilla"] == pytest.approx(2.0)
     assert e["equal_time"]["steps_affordable"] == 150
     assert e["equal_time"]["fd_mean"] == pytest.approx(25.0)
-    table = quality.markdown(summary)
-    assert "| ant-uw-affinity | -2.67 +/- 1.53 | -1.83 +/- 1.26 |" in table
+    # a step cost measured side by side wins over the runs' own clocks
+    probed = stats.summarize(
+        results, guidance="2.0", costs={"vanilla": 10.0, "ant-uw-affinity": 12}
+    )
+    assert probed["methods"]["ant-uw-affinity"]["cost_vs_vanilla"] == pytest.approx(1.2)
+    summary["heldout_intervals"] = stats.heldout_bounds(results[0])
+    assert summary["heldout_intervals"] == [[0, 499], [500, 999]]
+    table = tables.markdown(summary)
+    for name, m in summary["methods"].items():  # every row shows the summary's own numbers
+        assert f"| {name} | 3 | " in table
+        assert tables.fmt(m["fd_mean"], m["fd_std"]) in table
+        for g in ("1.5", "2.0"):
+            assert tables.fmt(m["guidance"][g]["fd_mean"], m["guidance"][g]["fd_std"]) in table
 
 
-def test_the_printed_command_reproduces_the_arguments(quality) -> None:
+def test_every_row_is_an_antdiff_train_command(bench, tmp_path: Path) -> None:
+    quality = bench["quality"]
+    (tmp_path / "a.npz").write_bytes(b"")
+    args = quality.parse_args(["--methods", "all", "--affinity", str(tmp_path / "a.npz")])
+    want = {"vanilla": ("mean", "uniform", "constant"), "min-snr": ("mean", "uniform", "min-snr"),
+            "stratified-affinity": ("mean", "stratified", "constant"),
+            "ant-uw-p2-timestep": ("uw", "stratified", "p2"),
+            "ant-nash-log-snr": ("nash", "stratified", "constant")}  # fmt: skip
+    for method in quality.VARIANTS:
+        cfg = train_config(shlex.split(quality.train_flags(args, method, 3)))
+        assert cfg.seed == 3 and cfg.steps == args.steps and cfg.dataset == "digits"
+        if method in want:
+            assert (cfg.method, cfg.timestep_sampling, cfg.weighting) == want[method], method
+        assert ("affinity" in method) == cfg.clusters.startswith("affinity:5:")
+
+
+def test_the_printed_command_reproduces_the_arguments(bench) -> None:
+    quality = bench["quality"]
     argv = ["--dataset", "digits", "--methods", "vanilla,ant-uw-affinity", "--seeds", "0,2",
             "--steps", "700", "--curve-num", "300", "--lr", "0.001",
             "--affinity", "aff.npz"]  # fmt: skip
     args = quality.parse_args(argv)
-    line = quality.command(args, ["ant-uw-affinity"], [2])
+    line = quality.reproduce(args, ["ant-uw-affinity"], [2])
     again = quality.parse_args(shlex.split(line)[2:])
     for key in ("dataset", "steps", "curve_num", "curve_every", "lr", "affinity", "fd_num"):
         assert getattr(again, key) == getattr(args, key), key
     assert again.methods == "ant-uw-affinity" and again.seeds == "2"
 
 
-def test_unknown_method_is_a_usage_error(quality, capsys) -> None:
+def test_unknown_method_is_a_usage_error(bench, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
-        quality.parse_args(["--methods", "vanilla,nope"])
+        bench["quality"].parse_args(["--methods", "vanilla,nope"])
     assert exc.value.code == 2
     assert "unknown method" in capsys.readouterr().err

@@ -15,8 +15,8 @@ def test_cluster_json_timestep(capsys) -> None:
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["intervals"] == [[0, 199], [200, 399], [400, 599], [600, 799], [800, 999]]
-    assert {"cost", "k", "timesteps", "objective", "schedule"} <= out.keys()
-    assert out["k"] == 5 and out["timesteps"] == 1000 and out["objective"] == "timestep"
+    assert {"cost", "total", "k", "timesteps", "schedule"} <= out.keys()
+    assert out["k"] == 5 and out["timesteps"] == 1000 and out["cost"] == "timestep"
 
 
 def test_cluster_table_and_plot(tmp_path, capsys) -> None:
@@ -78,10 +78,3 @@ def test_error_from_the_shell_has_no_traceback(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "antdiff", *argv], capture_output=True, text=True)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
-
-
-def test_cli_sampler_choices_match_the_library() -> None:
-    from antdiff.cli import SAMPLERS
-    from antdiff.sampling import SAMPLERS as LIBRARY
-
-    assert tuple(SAMPLERS) == tuple(LIBRARY)

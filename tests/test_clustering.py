@@ -5,14 +5,14 @@ from itertools import combinations
 import numpy as np
 import pytest
 
+from antdiff.diffusion import NoiseSchedule
 from antdiff.errors import AntError
-from antdiff.schedule import NoiseSchedule
 from antdiff.tasks import (
     IntervalPartition,
     affinity_cost,
     callable_cost,
     cluster,
-    cluster_schedule,
+    cluster_timesteps,
     interpolate_affinity,
     median_cost,
     timestep_cost,
@@ -83,7 +83,7 @@ def test_dp_equals_exhaustive_search(T: int) -> None:
             res = cluster(C, k)
             best = brute_force(T, k, direct)
             assert res.partition.k == k
-            assert res.cost == pytest.approx(best, abs=1e-9), (name, T, k)
+            assert res.total == pytest.approx(best, abs=1e-9), (name, T, k)
             assert total(res.partition, direct) == pytest.approx(best, abs=1e-9), (name, T, k)
 
 
@@ -106,7 +106,7 @@ def test_zero_cost_optimum_is_found() -> None:
     # The official code masks zero costs as inf and misses this optimum (reference 9.1).
     v = np.array([0, 0, 0, 10, 10, 10, 20, 20, 20], dtype=float)
     res = cluster(median_cost(v), 3)
-    assert res.cost == 0.0
+    assert res.total == 0.0
     assert res.partition.intervals == ((0, 2), (3, 5), (6, 8))
 
 
@@ -115,12 +115,12 @@ def test_edge_cases_k1_and_kT() -> None:
     C = timestep_cost(T)
     assert cluster(C, 1).partition.intervals == ((0, T - 1),)
     assert cluster(C, T).partition.intervals == tuple((t, t) for t in range(T))
-    assert cluster(C, T).cost == 0.0
+    assert cluster(C, T).total == 0.0
 
 
 @pytest.mark.parametrize("T,k", [(1000, 5), (1000, 3), (997, 7), (4000, 10)])
 def test_timestep_cost_gives_equal_widths(T: int, k: int) -> None:
-    res = cluster_schedule("timestep", k, NoiseSchedule.from_name("linear", T))
+    res = cluster_timesteps("timestep", k, NoiseSchedule.from_name("linear", T))
     widths = [r - l + 1 for l, r in res.partition.intervals]
     assert max(widths) - min(widths) <= 1
     assert res.partition == IntervalPartition.uniform(T, k) or sorted(widths) == sorted(
@@ -130,7 +130,7 @@ def test_timestep_cost_gives_equal_widths(T: int, k: int) -> None:
 
 def test_paper_log_snr_intervals() -> None:
     # reference/paper.md 4.3 (1-based there): linear [1,153],[154,393],[394,623],[624,822],...
-    res = cluster_schedule("log-snr", 5, NoiseSchedule.from_name("linear", 1000))
+    res = cluster_timesteps("log-snr", 5, NoiseSchedule.from_name("linear", 1000))
     assert res.partition.intervals == ((0, 152), (153, 393), (394, 623), (624, 822), (823, 999))
 
 
@@ -139,7 +139,7 @@ def test_callable_cost_matches_matrix() -> None:
     v = random_monotone(rng, 10)
     a = cluster(callable_cost(lambda l, r: direct_median(l, r, v), 10), 4)
     b = cluster(median_cost(v), 4)
-    assert a.cost == pytest.approx(b.cost)
+    assert a.total == pytest.approx(b.total)
 
 
 def test_interpolated_affinity() -> None:
@@ -162,8 +162,8 @@ def test_interpolated_affinity() -> None:
         lambda: affinity_cost(np.array([[1.0, np.inf], [0.0, 1.0]])),
         lambda: cluster(timestep_cost(5), 0),
         lambda: cluster(timestep_cost(5), 6),
-        lambda: cluster_schedule("nope", 2, NoiseSchedule.from_name("linear", 10)),
-        lambda: cluster_schedule("affinity", 2, NoiseSchedule.from_name("linear", 10)),
+        lambda: cluster_timesteps("nope", 2, NoiseSchedule.from_name("linear", 10)),
+        lambda: cluster_timesteps("affinity", 2, NoiseSchedule.from_name("linear", 10)),
     ],
 )
 def test_bad_input_raises_ant_error(make) -> None:

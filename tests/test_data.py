@@ -11,15 +11,21 @@ import torch
 from PIL import Image
 
 from antdiff import data as data_mod
-from antdiff.data import (
-    TOYS,
-    load_dataset,
-    mixture_log_prob,
-    read_idx,
-    split_indices,
-    write_idx,
-)
+from antdiff.data import TOYS, load_dataset, read_idx, split_indices
+from antdiff.data import latents as latents_mod
 from antdiff.errors import AntError
+from antdiff.metrics import GaussianMixture, gmm_log_likelihood
+
+IDX_CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    """An IDX file (LeCun's MNIST format), written independently of the reader under test."""
+    a = np.asarray(array)
+    code = IDX_CODES[f"{a.dtype.kind}{a.dtype.itemsize}"]
+    raw = bytes([0, 0, code, a.ndim]) + np.asarray(a.shape, ">u4").tobytes()
+    raw += a.astype(a.dtype.newbyteorder(">")).tobytes()
+    path.write_bytes(gzip.compress(raw, mtime=0) if compress else raw)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +79,7 @@ def test_toys_unit_scale_and_seeded(name: str) -> None:
         assert int(d.labels.max()) == d.num_classes - 1
 
 
-def test_gaussians8_mixture_log_prob_matches_torch_distributions() -> None:
+def test_gaussians8_density_matches_torch_distributions() -> None:
     d = load_dataset("toy:gaussians8", num_points=2000)
     means, std = d.meta["means"], d.meta["std"]
     assert means.shape == (8, 2)
@@ -85,9 +91,8 @@ def test_gaussians8_mixture_log_prob_matches_torch_distributions() -> None:
         dist.Independent(dist.Normal(means.double(), std), 1),
     )
     pts = torch.cat([d.x[:50], torch.randn(50, 2)])
-    torch.testing.assert_close(
-        mixture_log_prob(pts, means, std).double(), ref.log_prob(pts.double()), rtol=1e-5, atol=1e-5
-    )
+    got = gmm_log_likelihood(pts, GaussianMixture(means, std))
+    assert got == pytest.approx(float(ref.log_prob(pts.double()).mean()), rel=1e-6)
 
 
 def test_unknown_specs() -> None:
@@ -239,8 +244,9 @@ def test_vae_latents_are_cached(
     monkeypatch.setenv("ANTDIFF_CACHE", str(tmp_path / "cache"))
     np.savez(tmp_path / "d.npz", images=np.random.default_rng(0).integers(0, 256, (6, 8, 8)))
     calls: list[int] = []
-    real_encode = data_mod._encode
-    monkeypatch.setattr(data_mod, "_encode", lambda x, vae: calls.append(1) or real_encode(x, vae))
+    real_encode = latents_mod._encode
+    counted = lambda x, vae: calls.append(1) or real_encode(x, vae)  # noqa: E731
+    monkeypatch.setattr(latents_mod, "_encode", counted)
     spec = f"npz:{tmp_path / 'd.npz'}"
     first = load_dataset(spec, vae=tiny_vae)
     assert first.kind == "latent" and first.x.shape == (6, 4, 4, 4) and len(calls) == 1
@@ -254,7 +260,7 @@ def test_vae_latents_are_cached(
     assert len(calls) == 1 and torch.equal(first.x, second.x)  # cache hit: no re-encoding
     load_dataset(spec, resolution=4, vae=tiny_vae)  # another resolution is another key
     assert len(calls) == 2
-    images = first.decode(first.x[:2])
+    images = data_mod.decode_latents(first.x[:2], tiny_vae)
     assert images.shape == (2, 1, 8, 8) and images.abs().max() <= 1.0
     with pytest.raises(AntError, match="cannot load VAE"):
         load_dataset(spec, vae=str(tmp_path / "no-vae"))

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from antdiff.diffusion import per_sample_loss, predict_x0, q_sample, target
+from antdiff.diffusion import NoiseSchedule, per_sample_loss, q_sample, target
 from antdiff.errors import AntError
 from antdiff.models import build_model
-from antdiff.schedule import NoiseSchedule
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +82,15 @@ def test_loss_is_per_sample_and_passes_labels(schedule: NoiseSchedule) -> None:
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v"])
-def test_predict_x0_inverts_targets(schedule: NoiseSchedule, prediction: str) -> None:
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "sample"])
+def test_each_target_determines_x0(schedule: NoiseSchedule, prediction: str) -> None:
     x0, t, noise = _batch(5)  # t <= 998: at t = 999 sqrt(alpha_bar) ~ 0 makes eps -> x0 unstable
-    a = schedule.alphas_cumprod
+    a = schedule.alphas_cumprod.float()
+    sa, s1a = a[t].sqrt().view(-1, 1, 1, 1), (1 - a[t]).sqrt().view(-1, 1, 1, 1)
     xt = q_sample(x0, t, noise, a)
     out = target(x0, t, noise, a, prediction)
-    torch.testing.assert_close(predict_x0(out, xt, t, a, prediction), x0, atol=1e-4, rtol=0)
+    x0_hat = {"epsilon": (xt - s1a * out) / sa, "v": sa * xt - s1a * out, "sample": out}
+    torch.testing.assert_close(x0_hat[prediction], x0, atol=1e-4, rtol=0)
 
 
 def test_unknown_prediction(schedule: NoiseSchedule) -> None:

@@ -36,7 +36,7 @@ def test_readme_dropin_snippet_runs(one_thread, capsys) -> None:
     exec(compile(readme_snippet(), "README.md", "exec"), namespace)
     info, unet = namespace["info"], namespace["unet"]
     assert info.finite and torch.isfinite(info.task_losses).all()
-    assert info.weights.shape == (5,) and (info.weights > 0).all()
+    assert info.task_weights.shape == (5,) and (info.task_weights > 0).all()
     assert all(torch.isfinite(p).all() for p in unet.parameters())
     assert len(capsys.readouterr().out.splitlines()) == 3
 

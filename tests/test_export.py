@@ -11,11 +11,10 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
 from torch import nn
 
+from antdiff.diffusion import NoiseSchedule, generate
 from antdiff.errors import AntError
 from antdiff.export import export_pipeline, load_exported
 from antdiff.models import PointMLP, build_model
-from antdiff.sampling import generate
-from antdiff.schedule import NoiseSchedule
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -86,11 +86,14 @@ def test_large_models_build() -> None:
     assert dit(x, torch.tensor([3])).shape == x.shape
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # importing torch.compile
 def test_unwrap_and_rebuild_from_spec() -> None:
     model = build_model("unet-tiny", channels=1, size=8, num_classes=10)
-    assert isinstance(unwrap(model), UNet2DModel)
-    assert isinstance(unwrap(build_model("dit-tiny", channels=1, size=8)), DiTTransformer2DModel)
-    assert isinstance(unwrap(build_model("mlp", channels=2, size=0)), PointMLP)
+    assert isinstance(model.net, UNet2DModel)
+    assert isinstance(build_model("dit-tiny", channels=1, size=8).net, DiTTransformer2DModel)
+    assert isinstance(build_model("mlp", channels=2, size=0).net, PointMLP)
+    compiled = torch.compile(model)  # wrappers in any nesting come off (compiling is lazy)
+    assert unwrap(compiled) is model and unwrap(model) is model
     twin = build_model(**model.spec)
     twin.load_state_dict(model.state_dict())  # same architecture, strict
     x, t = _inputs(1, 8)
@@ -102,7 +105,7 @@ def test_mlp_also_takes_flattened_images() -> None:
     model = build_model("mlp", channels=1, size=8, hidden=32, depth=2)
     x, t = _inputs(1, 8)
     assert model(x, t).shape == x.shape
-    assert unwrap(model).config.hidden == 32
+    assert model.net.config.hidden == 32
 
 
 def test_dit_patch_size() -> None:

@@ -53,7 +53,7 @@ def expected_grads(method, model, loss_fn, ids, counts):
         weights = method.cached_weights()
     else:
         assert isinstance(method, LossMethod)
-        weights = method.loss_weights(losses, present)
+        weights = method.task_weights(losses, present)
     grads = [
         sum(float(weights[k]) * task_grads[k][i] for k in range(K)) for i in range(len(params))
     ]
@@ -73,7 +73,7 @@ def test_gradient_equals_weighted_sum_of_task_gradients(name: str) -> None:
         gradient_based = name in ("pcgrad", "nash", "torchjd:upgrad")
         assert info.refreshed == (gradient_based and (name != "nash" or step != 1))
         torch.testing.assert_close(info.task_losses, losses.float())
-        torch.testing.assert_close(info.weights, weights.float(), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(info.task_weights, weights.float(), rtol=1e-5, atol=1e-7)
         for p, g in zip(model.parameters(), grads, strict=True):
             torch.testing.assert_close(p.grad, g.float(), rtol=1e-5, atol=1e-7)
         with torch.no_grad():  # move the model so the next step sees new gradients
@@ -105,7 +105,7 @@ def test_absent_task_is_nan_in_log_and_zero_weight(name: str) -> None:
     reference = copy.deepcopy(method)
     grads, _, _ = expected_grads(reference, model, sub_loss, sub_ids, counts)
     info = mtl_backward(method, sub_loss, sub_ids, counts, model)
-    assert torch.isnan(info.task_losses[1]) and info.weights[1] == 0
+    assert torch.isnan(info.task_losses[1]) and info.task_weights[1] == 0
     assert torch.isfinite(info.task_losses[[0, 2]]).all()
     for p, g in zip(model.parameters(), grads, strict=True):
         torch.testing.assert_close(p.grad, g.float(), rtol=1e-5, atol=1e-7)

@@ -41,7 +41,7 @@ def weights_of(method: MTLMethod, jac: torch.Tensor, losses: torch.Tensor, prese
         w = method.refresh(jac @ jac.T, present)
     else:
         assert isinstance(method, LossMethod)
-        w = method.loss_weights(losses, present)
+        w = method.task_weights(losses, present)
     method.advance()
     return w.detach().to(torch.float64)
 
@@ -193,7 +193,7 @@ def test_famo_weights_sum_to_one_and_favour_slow_tasks() -> None:
     method = build_method("famo", num_tasks=k)
     losses = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
     for _ in range(20):  # task 0 decreases fast, task 2 not at all
-        w = method.loss_weights(losses)
+        w = method.task_weights(losses)
         assert abs(w.sum().item() - 1.0) < 1e-9
         losses = losses * torch.tensor([0.8, 0.95, 1.0], dtype=torch.float64)
     z = torch.softmax(method.logits, 0)
@@ -211,7 +211,7 @@ def test_famo_same_batch_equals_its_reference_update() -> None:
     for _ in range(6):
         before = torch.rand(k, generator=gen, dtype=torch.float64) + 0.1
         after = before * (0.5 + torch.rand(k, generator=gen, dtype=torch.float64))
-        w = method.loss_weights(before)
+        w = method.task_weights(before)
         z = torch.softmax(xi.detach(), 0)
         ref_w = z / before / (z / before).sum()  # weights of the step (eq. of the update)
         torch.testing.assert_close(w, ref_w)

@@ -12,17 +12,11 @@ from PIL import Image
 from torch import nn
 
 from antdiff.data import load_dataset
+from antdiff.diffusion import NoiseSchedule
+from antdiff.diffusion.samplers import SAMPLERS, balanced_labels, generate, make_scheduler
 from antdiff.errors import AntError
 from antdiff.models import build_model
-from antdiff.sampling import (
-    SAMPLERS,
-    balanced_labels,
-    generate,
-    make_scheduler,
-    save_grid,
-    save_npz,
-)
-from antdiff.schedule import NoiseSchedule
+from antdiff.sample_files import save_grid, save_npz
 
 # diffusers 0.42 DPM-Solver calls np.array(tensor, copy=False): a NumPy 2 deprecation warning.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -9,26 +9,27 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from antdiff import checkpoint as ckpt_mod
+from antdiff.api import train
 from antdiff.cli import main
 from antdiff.config import make_config
 from antdiff.errors import AntError
-from antdiff.train import train
 
 FAST = {"dataset": "digits", "batch_size": 16, "num_samples": 4, "sample_steps": 2,
         "log_every": 5, "checkpoint_every": 10}  # fmt: skip
 
 
 def run(tmp_path: Path, name: str, **over) -> Path:
-    return train(make_config({**FAST, "out": str(tmp_path / name), **over}))
+    return train(make_config({**FAST, "out": str(tmp_path / name), **over})).path
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(ckpt_mod.latest_checkpoint(run_dir) / "model.safetensors")
+    return load_file(ckpt_mod.latest(run_dir) / "model.safetensors")
 
 
 def test_uw_run_writes_the_run_directory(tmp_path) -> None:
@@ -41,9 +42,9 @@ def test_uw_run_writes_the_run_directory(tmp_path) -> None:
         assert (out / name).is_file(), name
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [10, 20, 30]
-    assert all(len(r["task_losses"]) == 5 and len(r["weights"]) == 5 for r in rows)
-    assert rows[-1]["weights"] != rows[0]["weights"]  # UW's weights move
-    last = ckpt_mod.latest_checkpoint(out)
+    assert all(len(r["task_losses"]) == 5 and len(r["task_weights"]) == 5 for r in rows)
+    assert rows[-1]["task_weights"] != rows[0]["task_weights"]  # UW's weights move
+    last = ckpt_mod.latest(out)
     assert last.name == "step_0000030"
     assert {p.name for p in last.iterdir()} == {"model.safetensors", "ema.safetensors", "state.pt"}
     assert "Per-task loss" in (out / "report.html").read_text()
@@ -62,7 +63,7 @@ def test_famo_same_batch_updates_its_logits_after_each_step(tmp_path) -> None:
 
     cfg = make_config({**FAST, "out": str(tmp_path / "famo"), "method": "famo", "steps": 3,
                        "method_options": {"same_batch": True}})  # fmt: skip
-    trainer = Trainer(cfg)
+    trainer = Trainer.start(cfg)
     seen = []
     observe = trainer.method.observe
     trainer.method.observe = lambda losses, present: seen.append(losses) or observe(losses, present)
@@ -75,7 +76,7 @@ def test_famo_same_batch_updates_its_logits_after_each_step(tmp_path) -> None:
 def _kill_midway(cmd: list[str], run_dir: Path, rng: random.Random) -> None:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while ckpt_mod.latest_checkpoint(run_dir, missing_ok=True) is None:
+    while ckpt_mod.latest(run_dir, missing_ok=True) is None:
         assert proc.poll() is None and time.time() < deadline, "training ended before a checkpoint"
         time.sleep(0.05)
     time.sleep(rng.uniform(0.0, 1.0))
@@ -95,8 +96,8 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, method: str) -> None:
     assert main(["train", *argv, "--resume"]) == 0, f"kill seed {seed}"
     a, b = final_weights(whole), final_weights(cut)
     assert all(torch.equal(a[k], b[k]) for k in a), f"resume differs (kill seed {seed})"
-    ema_a = load_file(ckpt_mod.latest_checkpoint(whole) / "ema.safetensors")
-    ema_b = load_file(ckpt_mod.latest_checkpoint(cut) / "ema.safetensors")
+    ema_a = load_file(ckpt_mod.latest(whole) / "ema.safetensors")
+    ema_b = load_file(ckpt_mod.latest(cut) / "ema.safetensors")
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
     steps_logged = [json.loads(x)["step"] for x in (cut / "metrics.jsonl").read_text().splitlines()]
     assert steps_logged == sorted(set(steps_logged))  # no duplicate lines after the resume
@@ -125,9 +126,9 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch) -> None:
     with pytest.raises(AntError, match=r"No space left.*step_0000010 stays valid"):
         run(tmp_path, "full", steps=20)
     out = tmp_path / "full"
-    assert ckpt_mod.latest_checkpoint(out).name == "step_0000010"
+    assert ckpt_mod.latest(out).name == "step_0000010"
     assert not list((out / "checkpoints").glob(".tmp-*"))
-    ckpt_mod.load_checkpoint(ckpt_mod.latest_checkpoint(out))  # still loads
+    ckpt_mod.load(ckpt_mod.latest(out))  # still loads
 
 
 def test_non_finite_loss_stops_after_saving(tmp_path, monkeypatch) -> None:
@@ -152,7 +153,7 @@ def test_non_finite_loss_stops_after_saving(tmp_path, monkeypatch) -> None:
     "over,message",
     [
         ({"batch_size": 3}, "smaller than the number of tasks"),
-        ({"method": "bogus"}, "unknown MTL method"),
+        ({"method": "bogus"}, "unknown method"),
         ({"clusters": "median:5"}, "bad cluster spec"),
         ({"clusters": "timestep:x"}, "K must be an integer"),
         ({"dataset": "folder:/nonexistent/dir"}, "not found|does not exist|no such"),
@@ -190,8 +191,6 @@ def test_sample_and_export(tmp_path) -> None:
     out = run(tmp_path, "s", method="vanilla", steps=4)
     assert main(["sample", "--run", str(out), "--num", "6", "--steps", "3",
                  "--out", str(tmp_path / "x.npz")]) == 0  # fmt: skip
-    import numpy as np
-
     data = np.load(tmp_path / "x.npz")
     assert (tmp_path / "x.png").is_file() and len(data[data.files[0]]) == 6
     assert main(["export", "--run", str(out), "--out", str(tmp_path / "pipe")]) == 0
@@ -231,7 +230,7 @@ def test_evaluate_json_and_eval_every(tmp_path, capsys) -> None:
     out = run(tmp_path, "ev", method="uw", steps=4, eval_every=2, eval_num=130)
     evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if "eval" in r]
-    assert [r["step"] for r in evals] == [2, 4] and "fd" in evals[0]["eval"]
+    assert [r["step"] for r in evals] == [0, 2, 4] and "fd" in evals[0]["eval"]
     assert "Evaluation over training" in (out / "report.html").read_text()
     argv = ["evaluate", "--run", str(out), "--num", "130", "--steps", "2", "--json"]
     capsys.readouterr()
@@ -265,9 +264,9 @@ def test_latent_training_decodes_samples(tmp_path, tiny_vae) -> None:
     out = run(tmp_path, "ldm", vae=tiny_vae, steps=3, num_samples=4)
     meta = json.loads((out / "run.json").read_text())
     assert meta["kind"] == "latent" and meta["shape"] == [4, 4, 4]
-    from antdiff.run import load_run, sample_run
+    from antdiff.api import sample
 
-    x = sample_run(load_run(out), 3, steps=2)
+    x = np.load(sample(out, 3, tmp_path / "l.npz", steps=2))["samples"]
     assert x.shape == (3, 1, 8, 8)  # decoded back to pixels
 
 

@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
+from antdiff.diffusion import NoiseSchedule, build_weighting
 from antdiff.errors import AntError
-from antdiff.schedule import NoiseSchedule
-from antdiff.weighting import build_weighting
 
 SNR = torch.tensor([0.25, 1.0, 5.0, 100.0], dtype=torch.float64)
 
@@ -18,12 +17,12 @@ SNR = torch.tensor([0.25, 1.0, 5.0, 100.0], dtype=torch.float64)
     ("spec", "prediction", "expected"),
     [  # worked by hand from the papers' formulas
         ("min-snr:5", "epsilon", [1.0, 1.0, 1.0, 0.05]),
-        ("min-snr:5", "v_prediction", [0.2, 0.5, 5 / 6, 5 / 101]),
+        ("min-snr:5", "v", [0.2, 0.5, 5 / 6, 5 / 101]),
         ("min-snr:5", "sample", [0.25, 1.0, 5.0, 5.0]),
         ("soft-min-snr:5", "epsilon", [5 / 5.25, 5 / 6, 0.5, 5 / 105]),
         (
             "soft-min-snr:5",
-            "v_prediction",
+            "v",
             [0.2 * 5 / 5.25, 0.5 * 5 / 6, 0.5 * 5 / 6, 5 / 105 * 100 / 101],
         ),
         ("p2:gamma=1,k=1", "epsilon", [0.8, 0.5, 1 / 6, 1 / 101]),
@@ -32,8 +31,8 @@ SNR = torch.tensor([0.25, 1.0, 5.0, 100.0], dtype=torch.float64)
             "epsilon",
             [1 / math.sqrt(1.25), 1 / math.sqrt(2), 1 / math.sqrt(6), 1 / math.sqrt(101)],
         ),
-        ("p2:gamma=1,k=1", "v_prediction", [0.8 * 0.2, 0.5 * 0.5, 5 / 36, 100 / 101**2]),
-        ("constant", "v_prediction", [1.0, 1.0, 1.0, 1.0]),
+        ("p2:gamma=1,k=1", "v", [0.8 * 0.2, 0.5 * 0.5, 5 / 36, 100 / 101**2]),
+        ("constant", "v", [1.0, 1.0, 1.0, 1.0]),
     ],
 )
 def test_golden_values(spec: str, prediction: str, expected: list[float]) -> None:
@@ -57,7 +56,7 @@ def losses_in_every_space(schedule: NoiseSchedule, t: torch.Tensor, seed: int = 
     v, v_hat = a * eps - s * x0, a * eps_hat - s * x0_hat
     mse = {
         "epsilon": ((eps_hat - eps) ** 2).mean(1),
-        "v_prediction": ((v_hat - v) ** 2).mean(1),
+        "v": ((v_hat - v) ** 2).mean(1),
         "sample": ((x0_hat - x0) ** 2).mean(1),
     }
     return mse, schedule.snr[t]
@@ -75,7 +74,7 @@ def kdiffusion_soft_min_snr_x0_loss(snr: torch.Tensor, x0_mse: torch.Tensor, sig
     return weight * x0_mse / c_out2
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "sample"])
 def test_weights_reproduce_each_papers_objective(prediction: str) -> None:
     schedule = NoiseSchedule.from_name("linear", 1000)
     t = torch.tensor([0, 10, 100, 300, 500, 700, 999])
@@ -103,7 +102,7 @@ def test_matches_diffusers_training_script_min_snr() -> None:
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "scaled-linear"])
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "sample"])
 @pytest.mark.parametrize("spec", ["constant", "min-snr", "soft-min-snr", "p2", "p2:gamma=0.5,k=2"])
 def test_zero_terminal_snr_is_finite(name: str, prediction: str, spec: str) -> None:
     schedule = NoiseSchedule.from_name(name, 1000, zero_terminal_snr=True)
@@ -120,7 +119,7 @@ def test_spec_parsing_and_errors() -> None:
     assert build_weighting("min-snr:3").params == {"gamma": 3.0}
     assert build_weighting("p2:k=2").params == {"gamma": 1.0, "k": 2.0}
     assert str(build_weighting("p2:gamma=0.5,k=1", "v")) == "p2:gamma=0.5,k=1"
-    assert build_weighting("soft-min-snr", "eps").prediction == "epsilon"
+    assert build_weighting("soft-min-snr", "epsilon").prediction == "epsilon"
     for bad, match in [
         ("max-snr", "unknown loss weighting"),
         ("min-snr:beta=2", "bad parameter"),

@@ -1,10 +1,10 @@
-"""Checkpoints written atomically: a new one is complete before it becomes `latest`.
+"""The checkpoint format, written atomically: a new one is complete before it becomes `latest`.
 
 Layout of `RUN/checkpoints/step_XXXXXXX/`: `model.safetensors` (raw weights), `ema.safetensors`
 (EMA weights, same names, what sampling uses) and `state.pt` (optimizer, method, scaler, EMA
 counters, RNG states, step, partition, config). A checkpoint is first written to a temporary
 folder and renamed; `latest` is replaced by rename too, so a crash or a full disk at any moment
-leaves the previous checkpoint valid.
+leaves the previous checkpoint valid. Only `rundir.RunDir` calls this module.
 """
 
 from __future__ import annotations
@@ -22,11 +22,15 @@ from antdiff.errors import AntError
 WEIGHTS, EMA, STATE = "model.safetensors", "ema.safetensors", "state.pt"
 
 
-def checkpoint_dir(run_dir: str | Path) -> Path:
+def folder(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(
+def step_of(path: Path) -> int:
+    return int(path.name.removeprefix("step_"))
+
+
+def save(
     run_dir: str | Path,
     step: int,
     weights: dict[str, torch.Tensor],
@@ -34,7 +38,7 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    root = checkpoint_dir(run_dir)
+    root = folder(run_dir)
     name = f"step_{step:07d}"
     final, tmp = root / name, root / f".tmp-{name}"
     try:
@@ -49,7 +53,7 @@ def save_checkpoint(
         _write_atomic(root / "latest", name)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        prev = latest_checkpoint(run_dir, missing_ok=True)
+        prev = latest(run_dir, missing_ok=True)
         kept = f"; the previous checkpoint {prev} stays valid" if prev else ""
         raise AntError(
             f"could not write checkpoint at step {step} ({e.strerror or e}){kept}"
@@ -58,14 +62,19 @@ def save_checkpoint(
     return final
 
 
-def latest_checkpoint(run_dir: str | Path, missing_ok: bool = False) -> Path | None:
-    root = checkpoint_dir(run_dir)
+def complete(run_dir: str | Path) -> list[Path]:
+    """Every complete checkpoint folder, oldest first."""
+    return sorted(p for p in folder(run_dir).glob("step_*") if _complete(p))
+
+
+def latest(run_dir: str | Path, missing_ok: bool = False) -> Path | None:
+    root = folder(run_dir)
     pointer = root / "latest"
     if pointer.is_file():
         path = root / pointer.read_text().strip()
         if _complete(path):
             return path
-    candidates = sorted(p for p in root.glob("step_*") if _complete(p))
+    candidates = complete(run_dir)
     if candidates:
         return candidates[-1]
     if missing_ok:
@@ -73,7 +82,7 @@ def latest_checkpoint(run_dir: str | Path, missing_ok: bool = False) -> Path | N
     raise AntError(f"no checkpoint in {root}")
 
 
-def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
+def load(path: Path) -> tuple[dict, dict, dict]:
     """(weights, ema weights, state) of one checkpoint folder."""
     try:
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)

@@ -1,4 +1,4 @@
-"""Command line: thin wrappers that parse flags and call one library function each."""
+"""Command line: each command parses its flags and makes one library call (antdiff.api)."""
 
 from __future__ import annotations
 
@@ -7,43 +7,39 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
+from antdiff.config import FIELDS, PRESETS, TrainConfig, resolve
+from antdiff.diffusion.samplers import SAMPLERS
+from antdiff.diffusion.schedule import SCHEDULES
 from antdiff.errors import AntError
-
-SAMPLERS = ("ddpm", "ddim", "dpm++")  # as antdiff.sampling.SAMPLERS, without importing diffusers
+from antdiff.tasks import COSTS
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from antdiff.schedule import NoiseSchedule
-    from antdiff.tasks import cluster_schedule, load_affinity
+    from antdiff.diffusion import NoiseSchedule
+    from antdiff.report import plot_partition
+    from antdiff.tasks import cluster_timesteps, load_affinity
 
     schedule = NoiseSchedule.from_name(args.schedule, args.timesteps)
     affinity = load_affinity(args.affinity) if args.affinity else None
     if affinity is not None and args.cost != "affinity":
         raise AntError("--affinity is only used with --cost affinity")
-    result = cluster_schedule(args.cost, args.k, schedule, affinity)
+    result = cluster_timesteps(args.cost, args.k, schedule, affinity)
     part = result.partition
-    if args.plot:
-        from antdiff.plots import plot_partition
-
-        plot_partition(part, schedule, args.plot, title=f"{args.cost} clustering, k={args.k}")
-    if args.json:
-        out = {
-            "intervals": [list(iv) for iv in part.intervals],
-            "cost": result.cost,
-            "k": part.k,
-            "timesteps": part.timesteps,
-            "objective": args.cost,
-            "schedule": args.schedule,
-        }
-        print(json.dumps(out))
-        return 0
     log_snr = schedule.snr_numpy(log=True)
+    if args.plot:
+        plot_partition(part, log_snr, args.plot, title=f"{args.cost} clustering, k={args.k}")
+    if args.json:
+        print(json.dumps({"intervals": [list(iv) for iv in part.intervals], "cost": args.cost,
+                          "total": result.total, "k": part.k, "timesteps": part.timesteps,
+                          "schedule": args.schedule}))  # fmt: skip
+        return 0
     print(
         f"{args.cost} clustering of {part.timesteps} timesteps ({args.schedule} schedule) "
-        f"into k={part.k} intervals; total cost {result.cost:.6g}"
+        f"into k={part.k} intervals; total cost {result.total:.6g}"
     )
     print(f"{'task':>4}  {'t range':>13}  {'log-SNR range':>17}  {'size':>5}")
     for i, (l, r) in enumerate(part.intervals):
@@ -54,92 +50,99 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump) and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _train(args: argparse.Namespace) -> int:
-    from antdiff.config import FIELDS, resolve
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    from antdiff.rundir import read_config
 
     flags = {name: getattr(args, name) for name in FIELDS}
     for key in ("model_options", "method_options"):
         if flags[key] is not None:
             flags[key] = _json_object(flags[key], key)
-    cfg = resolve(args.preset, args.config, **flags)
+    base = None
+    if args.resume:  # the run's own config, changed only by what is given again
+        if flags["out"] is None:
+            raise AntError("--resume needs --out RUN (the run directory to continue)")
+        base = read_config(flags["out"]).to_dict()
+    return resolve(args.preset, args.config, base, **flags)
+
+
+def train_config(argv: Sequence[str]) -> TrainConfig:
+    """The config that `antdiff train ARGV` trains with (for scripts that train in-process)."""
+    return _train_config(build_parser().parse_args(["train", *argv]))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from antdiff.api import train
+
+    cfg = _train_config(args)
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0
-    from antdiff.train import train
-
-    run_dir = train(cfg, resume=args.resume)
+    run = train(cfg, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":
-        print(f"run written to {run_dir}")
+        print(f"run written to {run.path}")
     return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from antdiff.run import load_run, sample_run, save_samples
+    from antdiff.api import sample
 
-    run = load_run(args.run)
-    x = sample_run(run, args.num, sampler=args.sampler, steps=args.steps,
-                   guidance=args.guidance, seed=args.seed)  # fmt: skip
-    print(f"{args.num} samples written to {save_samples(x, args.out)}")
+    path = sample(args.run, args.num, args.out, sampler=args.sampler, steps=args.steps,
+                  guidance=args.guidance, seed=args.seed, device=args.device)  # fmt: skip
+    print(f"{args.num} samples written to {path}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from antdiff.run import export_run
+    from antdiff.api import export
 
-    print(f"diffusers model written to {export_run(args.run, args.out)}")
+    print(f"diffusers model written to {export(args.run, args.out)}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from antdiff.evaluate import evaluate_run
+    from antdiff.api import evaluate
 
-    result = evaluate_run(args.run, num=args.num, sampler=args.sampler, steps=args.steps,
-                          guidance=args.guidance, seed=args.seed)  # fmt: skip
+    result = evaluate(args.run, device=args.device, num=args.num, sampler=args.sampler,
+                      steps=args.steps, guidance=args.guidance, seed=args.seed,
+                      fid=args.fid)  # fmt: skip
     if args.json:
         print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            if not isinstance(value, dict | list):
-                print(f"{key:>16}: {value}")
-        for row in result.get("heldout", {}).get("intervals", []):
-            print(f"held-out loss {row['interval']}: {row['mean']:.5f} +- {row['sem']:.5f}")
-        print(f"written to {Path(args.run) / 'metrics.json'}")
+        return 0
+    for key, value in result.items():
+        if not isinstance(value, dict | list):
+            print(f"{key:>16}: {value}")
+    for row in result.get("heldout", {}).get("intervals", []):
+        print(f"held-out loss {row['interval']}: {row['mean']:.5f} +- {row['sem']:.5f}")
+    print(f"written to {Path(args.run) / 'metrics.json'}")
     return 0
 
 
 def _affinity(args: argparse.Namespace) -> int:
-    from antdiff.analysis.affinity import run_affinity, save_affinity, summary_line
-    from antdiff.analysis.report import write_experiment_report
-    from antdiff.report import write_report
+    from antdiff.analysis.affinity import summary_line
+    from antdiff.api import affinity
 
-    own = args.out is None
-    out = Path(args.run) / "affinity" if own else Path(args.out)
-    result = run_affinity(args.run, checkpoints=args.checkpoints, bins=args.bins,
-                          probe=args.probe, sketch_dim=args.sketch_dim,
-                          projection=args.projection, ema=args.weights == "ema", seed=args.seed,
-                          device=args.device)  # fmt: skip
-    npz = save_affinity(result, out)
-    report = write_report(args.run) if own else write_experiment_report(out)
+    result, npz, report = affinity(
+        args.run, args.out, checkpoints=args.checkpoints, bins=args.bins, probe=args.probe,
+        sketch_dim=args.sketch_dim, projection=args.projection, ema=args.weights == "ema",
+        seed=args.seed, device=args.device,
+    )  # fmt: skip
     print(summary_line(result))
     print(f"written to {npz} (+ affinity.npy, affinity.png); report {report}")
     return 0
 
 
-def _transfer(args: argparse.Namespace) -> int:
-    from antdiff.analysis.transfer import TransferPlan, run_transfer, summary_table
-    from antdiff.config import read_config_file
+TRANSFER_FLAGS = ("dataset", "resolution", "model", "steps", "batch_size", "lr", "ema_decay",
+                  "schedule", "holdout")  # fmt: skip
 
-    base = read_config_file(args.config) if args.config else {}
-    names = ("dataset", "resolution", "model", "steps", "batch_size", "lr", "ema_decay",
-             "schedule", "holdout")  # fmt: skip
-    base.update({k: getattr(args, k) for k in names if getattr(args, k) is not None})
+
+def _transfer(args: argparse.Namespace) -> int:
+    from antdiff.analysis.transfer import TransferPlan, run_transfer
+    from antdiff.config import read_config_file
+    from antdiff.report import summary_table
+
+    base = {**PRESETS.get(args.preset or "", {}),
+            **(read_config_file(args.config) if args.config else {})}  # fmt: skip
+    base.update({k: getattr(args, k) for k in TRANSFER_FLAGS if getattr(args, k) is not None})
     if args.seeds < 1:
         raise AntError(f"--seeds must be >= 1, got {args.seeds}")
     plan = TransferPlan(base, intervals=args.intervals, seeds=list(range(args.seeds)),
@@ -151,6 +154,40 @@ def _transfer(args: argparse.Namespace) -> int:
     print(summary_table(result))
     print(f"written to {Path(args.out) / 'transfer.json'} (+ transfer.png, report.html)")
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _json_object(text: str, name: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise AntError(f"--{name.replace('_', '-')} must be a JSON object, got {text!r}") from None
+    if not isinstance(value, dict):
+        raise AntError(f"--{name.replace('_', '-')} must be a JSON object, got {text!r}")
+    return value
+
+
+def _add_config_flags(p: argparse.ArgumentParser, names: Sequence[str] = tuple(FIELDS)) -> None:
+    """One flag per TrainConfig field (--batch-size, ...); unset flags keep preset/file values."""
+    hints = typing.get_type_hints(TrainConfig)
+    for name in names:
+        f = FIELDS[name]
+        flag = "--" + name.replace("_", "-")
+        kind = hints[name]
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        default = f.default if f.default is not dataclasses.MISSING else "{}"
+        if base is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(default {default})")  # fmt: skip
+        else:
+            conv = str if base is dict or typing.get_origin(base) is dict else base
+            p.add_argument(flag, type=conv, default=None, dest=name, help=f"(default {default})")
 
 
 def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
@@ -167,23 +204,18 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--probe", type=int, default=64, help="fixed probe images (default 64)")
     a.add_argument("--sketch-dim", type=int, default=1024, help="sketch size M; 0: exact")
     a.add_argument("--projection", choices=["countsketch", "gaussian"], default="countsketch")
-    a.add_argument(
-        "--weights",
-        choices=["raw", "ema"],
-        default="raw",
-        help="raw training iterates (the paper's) or EMA weights",
-    )
+    a.add_argument("--weights", choices=["raw", "ema"], default="raw",
+                   help="raw training iterates (the paper's) or EMA weights")  # fmt: skip
     a.add_argument("--seed", type=int, default=0, help="probe, noise and projection seed")
     a.add_argument("--device", default="cpu")
     a.add_argument("--out", metavar="DIR", help="default: RUN/affinity (shown in report.html)")
     a.set_defaults(func=_affinity)
 
     t = sub.add_parser("transfer", help="negative-transfer gap of interval specialists (O2)")
-    t.add_argument("--dataset", help="(default digits)")
-    t.add_argument("--resolution", type=int)
-    t.add_argument("--model", help="(default auto)")
+    t.add_argument("--preset", choices=list(PRESETS), help="shared training settings")
+    t.add_argument("--config", metavar="FILE", help="shared training settings (JSON/TOML)")
+    _add_config_flags(t, TRANSFER_FLAGS)
     t.add_argument("--intervals", default="timestep:5", help="timestep:K, log-snr:K, or L:R,...")
-    t.add_argument("--steps", type=int, default=1000, help="generalist steps (default 1000)")
     t.add_argument("--seeds", type=int, default=3, help="seeds 0..S-1 (default 3)")
     t.add_argument("--method", default="vanilla", help="generalist: vanilla or an ANT method")
     t.add_argument(
@@ -192,12 +224,6 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
         default="steps",
         help="specialist steps: the generalist's, or steps*|I|/T (equal samples)",
     )
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--ema-decay", type=float, default=0.995)
-    t.add_argument("--schedule", default=None, help="(default linear)")
-    t.add_argument("--holdout", type=int, help="held-out samples (default 300)")
-    t.add_argument("--config", metavar="FILE", help="other training settings (JSON/TOML)")
     t.add_argument("--num-samples", type=int, default=500, help="samples per FD (default 500)")
     t.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     t.add_argument("--sample-steps", type=int, default=50)
@@ -208,40 +234,8 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_transfer)
 
 
-def _json_object(text: str, name: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise AntError(f"--{name.replace('_', '-')} must be a JSON object, got {text!r}") from None
-    if not isinstance(value, dict):
-        raise AntError(f"--{name.replace('_', '-')} must be a JSON object, got {text!r}")
-    return value
-
-
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (--batch-size, ...); unset flags keep preset/file values."""
-    import typing
-
-    from antdiff.config import FIELDS, TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    for name, f in FIELDS.items():
-        flag = "--" + name.replace("_", "-")
-        kind = hints[name]
-        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-        default = f.default if f.default is not dataclasses.MISSING else "{}"
-        if base is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"(default {default})")  # fmt: skip
-        else:
-            conv = str if base is dict or typing.get_origin(base) is dict else base
-            p.add_argument(flag, type=conv, default=None, dest=name, help=f"(default {default})")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from antdiff import __version__
-    from antdiff.schedule import SCHEDULES
-    from antdiff.tasks import COSTS
 
     p = _Parser(prog="antdiff", description=__doc__)
     p.add_argument("--version", action="version", version=f"antdiff {__version__}")
@@ -262,8 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plot", metavar="FILE.png", help="draw log-SNR over t with the intervals")
     c.set_defaults(func=_cluster)
 
-    from antdiff.config import PRESETS
-
     t = sub.add_parser("train", help="train a diffusion model with ANT or a baseline")
     t.add_argument("--preset", choices=list(PRESETS), help="named starting configuration")
     t.add_argument("--config", metavar="FILE", help="settings from a JSON or TOML file")
@@ -279,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="default: T for ddpm, else 50")
     s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     s.add_argument("--out", required=True, metavar="FILE", help="FILE.npz (+ .png) or FILE.png")
     s.set_defaults(func=_sample)
 
@@ -289,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", type=int, default=50)
     v.add_argument("--guidance", type=float, default=1.0)
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    v.add_argument(
+        "--fid",
+        action="store_true",
+        help="also the standard Inception FID (needs clean-fid or torch-fidelity)",
+    )
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.set_defaults(func=_evaluate)
 

@@ -1,19 +1,32 @@
-"""Typed training configuration, named presets, and config files (JSON or TOML).
+"""Typed training configuration, named presets, config files (JSON or TOML), and the typed run
+record (`RunInfo`) that a run directory keeps beside its config.
 
-Precedence: defaults < preset < config file < command-line flags. The resolved config is saved as
-`config.json` in every run directory and is what `--resume`, `sample` and `export` read back.
+Precedence: defaults < preset < config file < command-line flags. The resolved config is checked
+whole (types, ranges, names of methods, costs, samplers) before anything is written; it is saved
+as `config.json` in every run directory and is what `--resume`, `sample` and `export` read back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from antdiff.diffusion.loss import PREDICTIONS
+from antdiff.diffusion.samplers import SAMPLERS
+from antdiff.diffusion.schedule import SCHEDULES
+from antdiff.diffusion.weighting import build_weighting
 from antdiff.errors import AntError
+from antdiff.mtl import METHODS, TORCHJD_PREFIX, check_method
+from antdiff.tasks import TIMESTEP_SAMPLINGS, ClusterSpec, IntervalPartition
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -24,19 +37,19 @@ class TrainConfig:
     vae: str | None = None  # AutoencoderKL path: train in its latent space (LDM-like)
     holdout: int | None = None  # images kept out of training for the held-out loss; None: 300
     # for digits, 0 otherwise
-    model: str = "auto"  # a name from `antdiff models`, or auto (by data shape)
+    model: str = "auto"  # auto (by data shape) or a name of antdiff.models.list_models()
     model_options: dict[str, Any] = field(default_factory=dict)
     conditional: bool = False  # class-conditional (needs labels); CFG at sampling
     label_dropout: float = 0.1  # probability of the null label while training (CFG)
     # diffusion
     schedule: str = "linear"  # linear | cosine | scaled-linear
     timesteps: int = 1000
-    prediction: str = "epsilon"  # epsilon | v
+    prediction: str = "epsilon"  # epsilon | v | sample
     # ANT: tasks and the multi-task method
     clusters: str = "timestep:5"  # timestep:K | snr:K | log-snr:K | affinity:K:FILE.npy
-    sampling: str = "stratified"  # stratified (B/K per interval, the paper) | uniform
+    timestep_sampling: str = "stratified"  # stratified (B/K per interval, the paper) | uniform
     timestep_range: str | None = None  # "L:R": train only on t in [L, R] (a specialist, O2)
-    method: str = "uw"  # vanilla | uw | famo | pcgrad | nash | torchjd:NAME
+    method: str = "uw"  # vanilla | min-snr | p2 | mean | uw | famo | pcgrad | nash | torchjd:NAME
     method_options: dict[str, Any] = field(default_factory=dict)
     weighting: str = "constant"  # constant | min-snr[:gamma] | p2[:gamma=,k=] | soft-min-snr
     # optimisation
@@ -55,7 +68,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     num_samples: int = 64  # samples drawn at the end of training
-    sampler: str = "ddim"
+    sampler: str = "ddim"  # reverse-diffusion sampler: ddpm | ddim | dpm++
     sample_steps: int = 50
     guidance: float = 1.0
     eval_every: int = 0  # evaluate the EMA model every N steps (0: never), into metrics.jsonl
@@ -84,19 +97,29 @@ PRESETS: dict[str, dict[str, Any]] = {
               "lr": 2e-4, "checkpoint_every": 2000},
 }  # fmt: skip
 
-# `--method` shorthands for the fixed-weighting baselines: vanilla loss with that weighting.
-METHOD_SHORTHANDS = {
-    "vanilla": ("mean", None),
-    "min-snr": ("mean", "min-snr"),
-    "p2": ("mean", "p2"),
+# The baselines as `--method` names. "vanilla" is L_simple everywhere in antdiff: uniform
+# timesteps and the plain mean loss (Ho et al. 2020); min-snr and p2 are vanilla with that
+# fixed loss weighting.
+VANILLA = {"method": "mean", "timestep_sampling": "uniform", "weighting": "constant"}
+METHOD_SHORTHANDS: dict[str, dict[str, str]] = {
+    "vanilla": VANILLA,
+    "min-snr": {**VANILLA, "weighting": "min-snr"},
+    "p2": {**VANILLA, "weighting": "p2"},
 }
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
 
 
-def resolve(preset: str | None = None, file: str | None = None, **flags: Any) -> TrainConfig:
-    """Defaults < preset < config file < flags (None flags are ignored)."""
-    values: dict[str, Any] = {}
+def resolve(
+    preset: str | None = None,
+    file: str | None = None,
+    base: dict[str, Any] | None = None,
+    **flags: Any,
+) -> TrainConfig:
+    """Defaults < `base` (a resumed run's own config) < preset < config file < flags (None flags
+    are ignored)."""
+    values: dict[str, Any] = dict(base or {})
     if preset:
         if preset not in PRESETS:
             raise AntError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -108,39 +131,100 @@ def resolve(preset: str | None = None, file: str | None = None, **flags: Any) ->
 
 
 def make_config(values: dict[str, Any]) -> TrainConfig:
+    """A validated TrainConfig from explicit `values` (method shorthands expanded)."""
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise AntError(f"unknown config key(s): {', '.join(unknown)}")
-    values = dict(values)
-    method = values.get("method", TrainConfig.method)
-    if method in METHOD_SHORTHANDS:
-        values["method"], weighting = METHOD_SHORTHANDS[method]
-        if weighting and values.get("weighting", "constant") not in ("constant", weighting):
-            raise AntError(f"--method {method} conflicts with --weighting {values['weighting']}")
-        values["weighting"] = weighting or values.get("weighting", "constant")
+    values = expand_method(values)
+    for name, value in values.items():
+        values[name] = _check_type(name, value)
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
 
 
+def expand_method(values: dict[str, Any]) -> dict[str, Any]:
+    """Replace a shorthand `method` (vanilla, min-snr, p2) by what it means; an explicit value
+    that contradicts it (say `--method vanilla --timestep-sampling stratified`) is refused."""
+    short = METHOD_SHORTHANDS.get(values.get("method", ""))
+    if short is None:
+        return dict(values)
+    out = dict(values)
+    for key, meant in short.items():
+        given = values.get(key)
+        same_family = key == "weighting" and str(given).split(":")[0] == meant
+        if given is not None and key != "method" and given != meant and not same_family:
+            flag = "--" + key.replace("_", "-")
+            raise AntError(f"--method {values['method']} means {flag} {meant}, not {given}")
+        out[key] = given if same_family else meant
+    return out
+
+
+def _check_type(name: str, value: Any) -> Any:
+    """`value` as the field's type (an int where a float is wanted is fine); else AntError."""
+    hint = _HINTS[name]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        base = typing.get_origin(kind) or kind
+        if base is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base in (str, bool, dict) and type(value) is base:
+            return value
+    want = " or ".join(
+        "null" if k is type(None) else (typing.get_origin(k) or k).__name__ for k in allowed
+    )
+    flag = name.replace("_", "-")
+    raise AntError(f"{flag} must be {want}, got {value!r} ({type(value).__name__})")
+
+
 def validate(cfg: TrainConfig) -> None:
+    """Ranges and names, all checked before a run directory exists."""
+    finite = all(math.isfinite(v) for v in (cfg.lr, cfg.weight_decay, cfg.label_dropout))
     checks = [
         (cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}"),
         (cfg.batch_size >= 1, f"batch size must be >= 1, got {cfg.batch_size}"),
+        (finite, "lr, weight_decay and label_dropout must be finite numbers"),
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+        (cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}"),
         (0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay}"),
         (0 <= cfg.label_dropout < 1, f"label_dropout must be in [0, 1), got {cfg.label_dropout}"),
-        (cfg.precision in ("fp32", "bf16", "fp16"), f"unknown precision {cfg.precision!r}"),
-        (cfg.prediction in ("epsilon", "v"), f"unknown prediction {cfg.prediction!r}"),
+        (cfg.timesteps >= 1, f"timesteps must be >= 1, got {cfg.timesteps}"),
+        (cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}"),
         (cfg.log_every >= 1 and cfg.checkpoint_every >= 1, "log/checkpoint intervals must be >= 1"),
         (cfg.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
         (cfg.holdout is None or cfg.holdout >= 0, f"holdout must be >= 0, got {cfg.holdout}"),
         (cfg.eval_every >= 0 and cfg.eval_num >= 2, "eval_every must be >= 0, eval_num >= 2"),
+        (cfg.num_samples >= 1, f"num_samples must be >= 1, got {cfg.num_samples}"),
+        (cfg.sample_steps >= 1, f"sample_steps must be >= 1, got {cfg.sample_steps}"),
         (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip must be > 0 (or unset)"),
+        (cfg.resolution is None or cfg.resolution >= 1, "resolution must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:
             raise AntError(message)
+    for name, value, names in (
+        ("schedule", cfg.schedule, SCHEDULES),
+        ("prediction", cfg.prediction, PREDICTIONS),
+        ("timestep sampling", cfg.timestep_sampling, TIMESTEP_SAMPLINGS),
+        ("sampler", cfg.sampler, SAMPLERS),
+        ("precision", cfg.precision, PRECISIONS),
+    ):
+        if value not in names:
+            raise AntError(f"unknown {name} {value!r}; choose from {', '.join(names)}")
+    spec = ClusterSpec.parse(cfg.clusters)
+    if spec.k > cfg.timesteps:
+        raise AntError(f"--clusters {cfg.clusters}: K must be <= timesteps ({cfg.timesteps})")
+    if spec.file is not None and not Path(spec.file).is_file():
+        raise AntError(f"affinity file not found: {spec.file}")
+    if cfg.method not in METHODS and not cfg.method.startswith(TORCHJD_PREFIX):
+        names = ", ".join([*METHOD_SHORTHANDS, *METHODS, TORCHJD_PREFIX + "NAME"])
+        raise AntError(f"unknown method {cfg.method!r}; choose from {names}")
+    check_method(cfg.method, spec.k, cfg.method_options)
+    build_weighting(cfg.weighting, cfg.prediction)
     timestep_range(cfg)
 
 
@@ -172,8 +256,36 @@ def read_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise AntError(f"{run_dir} is not a run directory (no config.json)")
-    return make_config(json.loads(path.read_text()))
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run directory records beside its config (`run.json`): the data's shape and the
+    resolved model and tasks, enough to rebuild the model without loading the data."""
+
+    kind: str  # image | latent | points
+    shape: tuple[int, ...]  # one sample: (C, H, W) or (2,)
+    num_classes: int  # 0: unconditional
+    model: str  # the resolved model name (never "auto")
+    vae: str | None  # the AutoencoderKL of a latent run
+    num_train: int  # training samples
+    partition: IntervalPartition  # the K interval tasks
+    clustering_cost: str  # the cost the partition minimises
+
+    @property
+    def size(self) -> int:
+        """Side length of images or latents; 0 for points."""
+        return 0 if self.kind == "points" else int(self.shape[-1])
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.update(shape=list(self.shape), partition=self.partition.to_dict())
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunInfo:
+        try:
+            values = {f.name: d[f.name] for f in fields(cls)}
+        except KeyError as e:
+            raise AntError(f"run.json lacks {e.args[0]!r}") from None
+        values.update(shape=tuple(d["shape"]),
+                      partition=IntervalPartition.from_dict(d["partition"]))  # fmt: skip
+        return cls(**values)

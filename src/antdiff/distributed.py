@@ -30,21 +30,28 @@ class Dist:
             dist.barrier()
 
 
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
+    cuda = device != "cpu" and (device != "auto" or torch.cuda.is_available())
+    if cuda and not torch.cuda.is_available():
+        raise AntError(f"--device {device} but no CUDA device is available")
+    if not cuda:
+        return torch.device("cpu")
+    try:
+        return torch.device(device if ":" in device else f"cuda:{local_rank}")
+    except RuntimeError:
+        raise AntError(f"bad --device {device!r}; use auto, cpu, cuda or cuda:N") from None
+
+
 def setup(device: str = "auto") -> Dist:
     """Join the torchrun process group when launched by torchrun, else run as one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device != "cpu" and (device != "auto" or torch.cuda.is_available())
-    if cuda and not torch.cuda.is_available():
-        raise AntError(f"--device {device} but no CUDA device is available")
-    if cuda:
-        dev = torch.device(device if ":" in device else f"cuda:{local}")
+    dev = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Dist(rank, world, dev)
 
 

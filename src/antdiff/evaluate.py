@@ -1,4 +1,4 @@
-"""Evaluate a run's EMA model: sample quality and the per-interval held-out denoising loss.
+"""Evaluate a model of a run: sample quality and the per-interval held-out denoising loss.
 
 Images: Frechet distance `fd` on the features of a classifier the project trains itself (digits,
 or any labelled grey data set such as MNIST), precision/recall and classifier statistics; the
@@ -7,28 +7,38 @@ steadier FD than the 300 held-out ones), and `fd_halves` / `fd_noise` beside it 
 the ceiling. Points: sliced Wasserstein, MMD and, for gaussians8, the true log-likelihood.
 Held-out loss: the model's loss on fixed (image, t, noise) triples from images never trained on,
 per interval of the run's partition: paired across models, far less noisy than any sample metric.
+Optionally the standard Inception FID (Heusel et al. 2017) through clean-fid or torch-fidelity.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from antdiff.config import TrainConfig
-from antdiff.data import Dataset, load_dataset
-from antdiff.diffusion import per_sample_loss
+from antdiff import build
+from antdiff.config import RunInfo, TrainConfig
+from antdiff.data import Dataset, decode_latents
+from antdiff.diffusion import NoiseSchedule, generate, per_sample_loss
 from antdiff.errors import AntError
-from antdiff.metrics import evaluate_samples, fd_reference, get_feature_net, heldout_loss
-from antdiff.schedule import NoiseSchedule
+from antdiff.metrics import (
+    FeatureNet,
+    draw_heldout_triples,
+    evaluate_heldout,
+    evaluate_samples,
+    fd_reference,
+    get_feature_net,
+)
+from antdiff.metrics.fid import available_backend, fid_from_folders
+from antdiff.sample_files import save_grid
 from antdiff.tasks import IntervalPartition
 
 
-def feature_net_for(data: Dataset):
+def feature_net_for(data: Dataset) -> FeatureNet:
     """The classifier whose features define FD for this data set (trained once, cached)."""
     if data.name == "digits" and data.x.shape[-1] == 8:
         return get_feature_net("digits")
@@ -36,76 +46,139 @@ def feature_net_for(data: Dataset):
     if data.labels is None or x.shape[1] != 1 or x.shape[-1] != x.shape[-2]:
         raise AntError(
             f"FD needs a feature net; {data.name} is not labelled grey square images (use the "
-            "optional standard FID on image folders: antdiff.metrics.fid)"
+            "standard FID instead: antdiff evaluate --fid)"
         )
     return get_feature_net(data.name.split(":")[0], images=x, labels=data.labels)
 
 
 @torch.no_grad()
-def evaluate_model(
+def generate_data(
     model: nn.Module,
     cfg: TrainConfig,
-    meta: dict[str, Any],
+    info: RunInfo,
     schedule: NoiseSchedule,
-    partition: IntervalPartition,
+    num: int,
     *,
-    num: int = 500,
     sampler: str = "ddim",
-    steps: int = 50,
+    steps: int | None = None,
     guidance: float = 1.0,
-    seed: int = 0,
-    per_interval: int = 128,
-) -> dict[str, Any]:
-    """All metrics of one model (its EMA weights, in eval mode) as a JSON-friendly dict."""
-    from antdiff.run import sample_model
-    from antdiff.train import load_data
-
-    device = next(model.parameters()).device
-    full = load_dataset(cfg.dataset, cfg.resolution)  # pixels/points (latents get decoded)
-    _, heldout = load_data(cfg)
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(num) % meta["num_classes"] if meta["num_classes"] else None
-    x = sample_model(model, cfg, meta, schedule, num, sampler=sampler, steps=steps,
-                     guidance=guidance, labels=labels, generator=g)  # fmt: skip
-    out: dict[str, Any] = {"sampler": sampler, "sample_steps": steps, "guidance": guidance,
-                           "seed": seed}  # fmt: skip
-    if meta["kind"] == "points":  # reference: a seeded subset of at most 5,000 true points
-        mixture = full.meta if "means" in full.meta else None
-        real = full.x[torch.randperm(len(full.x), generator=g)[:5000]]
-        out.update(evaluate_samples(x, real, kind="points", mixture=mixture, seed=seed))
-    else:
-        net = feature_net_for(full)
-        out.update(evaluate_samples(x.clamp(-1, 1), full.x, kind="image", labels=labels,
-                                    feature_net=net, seed=seed))  # fmt: skip
-        out.update(fd_reference(full.x, feature_net=net, seed=seed))
-    if heldout is not None:
-        alphas = schedule.alphas_cumprod.float().to(device)
-
-        def loss_fn(
-            x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None
-        ) -> torch.Tensor:
-            return per_sample_loss(model, x0, t, noise, alphas, prediction=cfg.prediction, y=y)
-
-        # class-conditional: the loss given each image's true label (the model's main task)
-        labels = heldout.labels if meta["num_classes"] else None
-        intervals = [list(iv) for iv in partition.intervals]
-        out["heldout"] = heldout_loss(loss_fn, heldout.x, intervals, seed=seed, labels=labels,
-                                      n_per_interval=per_interval, device=device)  # fmt: skip
-    return _clean(out)
+    labels: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Samples in data space: images in [-1, 1] (decoded through the VAE for latents) or points."""
+    x = generate(model, schedule, num, info.shape, sampler=sampler, steps=steps,
+                 guidance=guidance, labels=labels, generator=generator,
+                 prediction=cfg.prediction, clip_sample=info.kind == "image")  # fmt: skip
+    if info.kind == "latent":
+        assert info.vae is not None
+        x = decode_latents(x, info.vae)
+    return x
 
 
-def evaluate_run(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Evaluate the run's latest EMA model and write `metrics.json` into the run directory."""
-    from antdiff.run import load_run
+class Evaluator:
+    """All metrics of a model of one run, as a JSON-friendly dict: call it on a model (its EMA
+    weights, in eval mode). The real data, feature net, FD floor and held-out triples are
+    prepared once, so evaluating during training costs only the sampling and the features."""
 
-    run = load_run(run_dir)
-    result = {"step": run.step, **evaluate_model(run.model, run.cfg, run.meta, run.schedule,
-                                                 run.partition, **kwargs)}  # fmt: skip
-    (run.path / "metrics.json").write_text(json.dumps(result, indent=1))
-    from antdiff.report import write_report
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        info: RunInfo,
+        schedule: NoiseSchedule,
+        *,
+        num: int = 500,
+        sampler: str = "ddim",
+        steps: int = 50,
+        guidance: float = 1.0,
+        seed: int = 0,
+        per_interval: int = 128,
+        partition: IntervalPartition | None = None,
+        fid: bool = False,
+    ) -> None:
+        if num < 2:
+            raise AntError(f"the number of samples must be >= 2, got {num}")
+        self.cfg, self.info, self.schedule = cfg, info, schedule
+        self.num, self.sampler, self.steps, self.guidance = num, sampler, steps, guidance
+        self.seed, self.fid = seed, fid
+        if fid:
+            available_backend()  # fail now, not after sampling
+        self.real = build.reference_data(cfg)
+        self.net = None if info.kind == "points" else feature_net_for(self.real)
+        self.reference = {} if self.net is None else fd_reference(self.real.x, feature_net=self.net,
+                                                                 seed=seed)  # fmt: skip
+        _, heldout = build.load_data(cfg)
+        self.triples = None
+        if heldout is not None:
+            # class-conditional: the loss given each image's true label (the model's main task)
+            labels = heldout.labels if info.num_classes else None
+            intervals = (partition or info.partition).intervals
+            self.triples = draw_heldout_triples(heldout.x, intervals, n_per_interval=per_interval,
+                                                seed=seed, labels=labels)  # fmt: skip
 
-    write_report(run.path)  # the report shows the new numbers
-    return result
+    def labels(self) -> Tensor | None:
+        """The class of each sample of a conditional model: 0, 1, ..., K-1, 0, ..."""
+        return torch.arange(self.num) % self.info.num_classes if self.info.num_classes else None
+
+    def sample(self, model: nn.Module) -> tuple[Tensor, Tensor | None, torch.Generator]:
+        """`num` samples in data space from the evaluation seed: (x, labels, the generator)."""
+        g = torch.Generator().manual_seed(self.seed)
+        labels = self.labels()
+        x = generate_data(model, self.cfg, self.info, self.schedule, self.num,
+                          sampler=self.sampler, steps=self.steps, guidance=self.guidance,
+                          labels=labels, generator=g)  # fmt: skip
+        return x, labels, g
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> dict[str, Any]:
+        x, labels, g = self.sample(model)
+        out: dict[str, Any] = {"sampler": self.sampler, "sample_steps": self.steps,
+                               "guidance": self.guidance, "seed": self.seed}  # fmt: skip
+        out.update(self.sample_quality(x, labels, g))
+        if self.fid:
+            out["fid"] = standard_fid(x, self.real.x)
+        if self.triples is not None:
+            out["heldout"] = evaluate_heldout(self.loss_fn(model), self.triples,
+                                              device=_device(model))  # fmt: skip
+        return _clean(out)
+
+    def sample_quality(self, x: Tensor, labels: Tensor | None, g: torch.Generator) -> dict:
+        """Sample metrics of `x` against the real data; `g` continues the sampling generator."""
+        if self.net is None:  # points: a seeded subset of at most 5,000 true points
+            real = self.real.x[torch.randperm(len(self.real.x), generator=g)[:5000]]
+            mixture = self.real.meta if "means" in self.real.meta else None
+            return evaluate_samples(x, real, kind="points", mixture=mixture, seed=self.seed)
+        out = evaluate_samples(x.clamp(-1, 1), self.real.x, kind="image", labels=labels,
+                               feature_net=self.net, seed=self.seed)  # fmt: skip
+        return {**out, **self.reference}
+
+    def loss_fn(self, model: nn.Module):
+        """(x0, t, noise[, y]) -> the model's per-sample unweighted loss [B]."""
+        alphas = self.schedule.alphas_cumprod.float().to(_device(model))
+
+        def fn(x0: Tensor, t: Tensor, noise: Tensor, y: Tensor | None = None) -> Tensor:
+            return per_sample_loss(model, x0, t, noise, alphas, prediction=self.cfg.prediction,
+                                   y=y)  # fmt: skip
+
+        return fn
+
+
+def standard_fid(samples: Tensor, real: Tensor) -> float:
+    """Inception FID of image samples against the real images, through the optional backends
+    (each image written as a PNG, as both backends read folders)."""
+    if samples.ndim != 4:
+        raise AntError("the standard FID needs images, not points")
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = [Path(tmp) / "samples", Path(tmp) / "real"]
+        for folder, images in zip(folders, (samples, real), strict=True):
+            folder.mkdir()
+            for i, image in enumerate(images):
+                save_grid(image[None], folder / f"{i:06d}.png", scale=1)
+        return fid_from_folders(*folders)
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def _clean(value: Any) -> Any:

@@ -19,10 +19,10 @@ from typing import Any
 from diffusers import DDPMPipeline, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
 from torch import nn
 
+from antdiff.data import load_vae
+from antdiff.diffusion import NoiseSchedule, make_scheduler
 from antdiff.errors import AntError
-from antdiff.models import Denoiser, PointMLP, disable_label_dropout
-from antdiff.sampling import make_scheduler
-from antdiff.schedule import NoiseSchedule
+from antdiff.models import Denoiser, PointMLP, disable_label_dropout, unwrap
 
 SUBFOLDERS = {"unet": "unet", "dit": "transformer", "mlp": "mlp"}
 CLASSES = {"unet": UNet2DModel, "dit": DiTTransformer2DModel, "mlp": PointMLP}
@@ -54,7 +54,7 @@ scheduler = DDPMScheduler.from_pretrained("{dir}", subfolder="scheduler")"""
 
 
 def _spec(model: nn.Module) -> tuple[Denoiser, dict[str, Any]]:
-    inner = getattr(model, "module", model)
+    inner = unwrap(model)
     if not isinstance(inner, Denoiser):
         raise AntError("export needs a model from antdiff.models.build_model")
     return inner, dict(inner.spec)
@@ -86,8 +86,6 @@ def export_pipeline(
         den.net.save_pretrained(out / SUBFOLDERS[family])
         scheduler.save_pretrained(out / "scheduler")
     if vae is not None:
-        from antdiff.data import load_vae
-
         load_vae(vae).save_pretrained(out / "vae")
     info = {
         "model": spec,

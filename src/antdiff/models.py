@@ -197,13 +197,12 @@ def build_model(
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The diffusers model inside a Denoiser (also through DDP / torch.compile wrappers)."""
-    while not isinstance(model, Denoiser):
+    """The module inside DDP / torch.compile wrappers (any nesting), e.g. the Denoiser."""
+    while True:
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
+        if not isinstance(inner, nn.Module):
             return model
         model = inner
-    return model.net
 
 
 def count_parameters(model: nn.Module) -> int:

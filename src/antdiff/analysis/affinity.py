@@ -8,13 +8,11 @@ every bin and checkpoint: common random numbers), each probe sample at its own e
 timestep inside the bin. The model is in eval mode and sees the true labels (no label dropout);
 the loss is unweighted (the paper's L_t, not the run's Min-SNR/P2 weights).
 
-Memory. The official script keeps T full gradients (reference defects 9.10-9.13). Here each bin's
-gradient is projected on the fly, s_b = g_b R, by a seeded random R [P, M] that is generated
-block by block per parameter and never held whole: count-sketch (sparse Rademacher, O(P) work,
-the default) or Gaussian (O(P M) work; `group` gradients are projected together so each random
-block serves `group` bins, at G x P floats of memory). The matrix is one product of the
-row-normalised sketches, N N^T. A sketch estimates a cosine rho with standard error about
-(1 - rho^2) / sqrt(M). `sketch_dim=0` keeps the exact gradients (B x P floats).
+Memory. The official script (`task_affinity_score.py`) keeps T full gradients. Here each bin's
+gradient is projected on the fly (sketch.py); Gaussian sketches project `group` gradients
+together so each random block serves `group` bins, at G x P floats of memory. The matrix is one
+product of the row-normalised sketches, N N^T. `sketch_dim=0` keeps the exact gradients
+(B x P floats).
 
 Weights: the raw training iterates by default (the paper averages over training iterations);
 EMA weights on request. Each checkpoint uses its own projection seed, derived from (seed, step),
@@ -25,9 +23,6 @@ the mean of the per-checkpoint matrices computed one at a time.
 from __future__ import annotations
 
 import json
-import math
-import re
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,105 +31,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from antdiff.checkpoint import EMA, STATE, WEIGHTS, checkpoint_dir, latest_checkpoint
+from antdiff import build
+from antdiff.analysis.sketch import BLOCK_ELEMS, GradientSketch, block_seed, cosine_matrix
+from antdiff.diffusion import per_sample_loss
 from antdiff.errors import AntError
+from antdiff.report import plot_affinity
+from antdiff.rundir import RunDir
 
 DEFAULT_BINS = 50
 DEFAULT_PROBE = 64
 DEFAULT_SKETCH = 1024
 GAUSSIAN_GROUP = 16  # bins projected together by the Gaussian sketch
-BLOCK_ELEMS = 1 << 22  # largest random block (floats) generated at once: 16 MiB
-
-
-# ----------------------------------------------------------------------------- the sketch
-def _block_seed(*keys: int) -> int:
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
-
-
-PROJECTIONS = ("countsketch", "gaussian")
-
-
-class GradientSketch:
-    """Seeded random projection of flattened gradients [G, P] -> [G, M]; R [P, M] never exists.
-
-    gaussian: s = g R / sqrt(M) with R_ij ~ N(0, 1), rows of each parameter's slice of R drawn
-    block by block (at most `block_elems` floats at a time); O(P M) work per gradient.
-    countsketch (feature hashing, a sparse Rademacher R with one +-1 per row): s_h(i) += sgn(i)
-    g_i; O(P) work, and its inner-product variance never exceeds the Gaussian one.
-    Block j of parameter i is drawn from a generator seeded by (seed, i, j).
-    """
-
-    def __init__(
-        self,
-        sizes: Sequence[int],
-        dim: int,
-        seed: int = 0,
-        block_elems: int = BLOCK_ELEMS,
-        device: torch.device | str = "cpu",
-        kind: str = "countsketch",
-    ) -> None:
-        if dim < 1:
-            raise AntError(f"sketch dimension must be >= 1, got {dim}")
-        if kind not in PROJECTIONS:
-            raise AntError(f"unknown projection {kind!r}; choose from {', '.join(PROJECTIONS)}")
-        self.sizes, self.dim, self.seed, self.kind = [int(n) for n in sizes], int(dim), seed, kind
-        per_row = self.dim if kind == "gaussian" else 2
-        self.rows = max(1, int(block_elems) // per_row)
-        self.device = torch.device(device)
-        self.max_block = 0  # most random numbers held at once so far, for tests
-
-    @property
-    def num_params(self) -> int:
-        return sum(self.sizes)
-
-    def blocks(self) -> Iterator[tuple[int, int, Tensor, Tensor | None]]:
-        """(start, stop) into the flat gradient and the block of R: a dense [rows, M] block
-        (gaussian) or bucket indices and signs [rows] (countsketch)."""
-        offset = 0
-        gen = torch.Generator(self.device)
-        for i, n in enumerate(self.sizes):
-            for a in range(0, n, self.rows):
-                b = min(n, a + self.rows)
-                gen.manual_seed(_block_seed(self.seed, i, a // self.rows))
-                if self.kind == "gaussian":
-                    block = torch.randn(b - a, self.dim, generator=gen, device=self.device)
-                    sign = None
-                else:
-                    block = torch.randint(0, self.dim, (b - a,), generator=gen, device=self.device)
-                    bits = torch.randint(0, 2, (b - a,), generator=gen, device=self.device)
-                    sign = bits * 2.0 - 1.0
-                self.max_block = max(self.max_block, block.numel() * (1 if sign is None else 2))
-                yield offset + a, offset + b, block, sign
-            offset += n
-
-    def project(self, grads: Tensor) -> Tensor:
-        """[G, P] flat gradients -> [G, M] sketches (float32)."""
-        if grads.ndim != 2 or grads.shape[1] != self.num_params:
-            raise AntError(f"expected [G, {self.num_params}] gradients, got {tuple(grads.shape)}")
-        out = torch.zeros(grads.shape[0], self.dim, device=self.device)
-        for a, b, block, sign in self.blocks():
-            g = grads[:, a:b].to(self.device)
-            if sign is None:
-                out += g @ block
-            else:
-                out.index_add_(1, block, g * sign)
-        return out / math.sqrt(self.dim) if self.kind == "gaussian" else out
-
-
-def cosine_matrix(rows: Tensor) -> np.ndarray:
-    """Pairwise cosines of the rows [B, D] as one product of normalised rows; exact unit diagonal
-    and symmetric (float64 result; one float32 copy of the rows, so exact gradients cost 2 B P
-    floats at most)."""
-    x = rows.detach().float()
-    norms = x.norm(dim=1, keepdim=True)  # float32: a float64 norm would copy all rows
-    if (norms == 0).any():
-        bad = torch.nonzero(norms.squeeze(1) == 0).flatten().tolist()
-        raise AntError(f"zero loss gradient for bin(s) {bad}: the cosine is undefined")
-    n = x / norms
-    c = (n @ n.T).double().cpu().numpy()
-    c = np.clip(0.5 * (c + c.T), -1.0, 1.0)
-    np.fill_diagonal(c, 1.0)
-    return c
 
 
 # ----------------------------------------------------------------------------- probe and bins
@@ -185,8 +92,6 @@ def bin_gradient(
     model: nn.Module, probe: Probe, t: Tensor, setup: LossSetup, params: list[nn.Parameter]
 ) -> Tensor:
     """Flat gradient [P] of the bin loss mean_i L(x0_i, t_i, eps_i) (missing grads are zeros)."""
-    from antdiff.diffusion import per_sample_loss
-
     dev = params[0].device
     for p in params:
         p.grad = None
@@ -264,38 +169,6 @@ def _sketched_rows(
     return torch.cat(out)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    root = checkpoint_dir(run_dir)
-    found = [
-        p
-        for p in sorted(root.glob("step_*"))
-        if all((p / f).is_file() for f in (WEIGHTS, EMA, STATE))
-    ]
-    if not found:
-        raise AntError(f"no checkpoint in {root}")
-    return found
-
-
-def select_checkpoints(run_dir: str | Path, spec: str = "last") -> list[Path]:
-    """`last`, `all` (every kept checkpoint), or a comma list of steps such as `500,1000`."""
-    found = list_checkpoints(run_dir)
-    if spec == "last":
-        return [latest_checkpoint(run_dir)]
-    if spec == "all":
-        return found
-    steps = {int(p.name.removeprefix("step_")): p for p in found}
-    if not re.fullmatch(r"\d+(,\d+)*", spec):
-        raise AntError(f"--checkpoints must be last, all or a comma list of steps, got {spec!r}")
-    chosen = []
-    for s in dict.fromkeys(int(v) for v in spec.split(",")):
-        if s not in steps:
-            have = ", ".join(map(str, steps))
-            raise AntError(f"no checkpoint at step {s} in {run_dir} (kept steps: {have})")
-        chosen.append(steps[s])
-    return chosen
-
-
 # ----------------------------------------------------------------------------- the analysis
 @dataclass
 class AffinityResult:
@@ -338,44 +211,25 @@ def run_affinity(
     device: str = "cpu",
 ) -> AffinityResult:
     """Task affinity of a run, averaged over the chosen checkpoints (module docstring)."""
-    from antdiff.checkpoint import load_checkpoint
-    from antdiff.config import load_run_config
-    from antdiff.schedule import NoiseSchedule
-    from antdiff.train import load_data, make_model
-
     if sketch_dim < 0:
         raise AntError(f"--sketch-dim must be >= 0 (0 = exact), got {sketch_dim}")
-    cfg = load_run_config(run_dir)
-    info = Path(run_dir) / "run.json"
-    if not info.is_file():
-        raise AntError(f"{run_dir} has no run.json")
-    paths = select_checkpoints(run_dir, checkpoints)
+    run = RunDir.open(run_dir)
+    cfg, info = run.cfg, run.info
+    paths = run.select_checkpoints(checkpoints)
     edges = bin_edges(cfg.timesteps, bins)
-    meta = json.loads(info.read_text())
-    data, _ = load_data(cfg)
-    labels = data.labels if meta["num_classes"] else None
+    data, _ = build.load_data(cfg)
+    labels = data.labels if info.num_classes else None
     prb = make_probe(data.x, labels, probe, seed)
-    schedule = NoiseSchedule.from_name(cfg.schedule, cfg.timesteps)
+    schedule = build.schedule(cfg)
     setup = LossSetup(schedule.alphas_cumprod.float(), cfg.prediction, cfg.batch_size)
-    model = make_model(cfg, meta).to(device)
     mats, steps = [], []
     for path in paths:
-        weights, ema_weights, state = load_checkpoint(path)
-        model.load_state_dict({**weights, **ema_weights} if ema else weights)
-        step = int(state["step"])
-        mats.append(
-            affinity_matrix(
-                model,
-                prb,
-                edges,
-                setup,
-                sketch_dim=sketch_dim,
-                seed=_block_seed(seed, step),
-                projection=projection,
-                group=group,
-            )
-        )
-        steps.append(step)
+        ckpt = run.load_checkpoint(path)
+        model = build.trained_model(run, ckpt, ema=ema, device=device)
+        mats.append(affinity_matrix(model, prb, edges, setup, sketch_dim=sketch_dim,
+                                    seed=block_seed(seed, ckpt.step), projection=projection,
+                                    group=group))  # fmt: skip
+        steps.append(ckpt.step)
     per = np.stack(mats)
     centre = ((edges[:-1] + edges[1:] - 1) // 2).astype(int)
     settings = {
@@ -391,7 +245,7 @@ def run_affinity(
         "schedule": cfg.schedule,
         "prediction": cfg.prediction,
         "labels": "true" if labels is not None else "none",
-        "model": meta["model"],
+        "model": info.model,
         "dataset": cfg.dataset,
     }
     log_snr = schedule.snr_numpy(log=True)[centre]
@@ -418,7 +272,7 @@ def save_affinity(result: AffinityResult, out_dir: str | Path) -> Path:
         )
     np.save(out / "affinity.npy", result.affinity)
     (out / "affinity.json").write_text(json.dumps(summary, indent=1))
-    plot_affinity(result, out / "affinity.png")
+    plot_affinity(result.affinity, result.edges, result.log_snr, out / "affinity.png")
     return npz
 
 
@@ -434,36 +288,3 @@ def summary_line(result: AffinityResult) -> str:
         f"rho(affinity, |log-SNR gap|) = {c['spearman_gap_logsnr']:+.3f} "
         "(O1 predicts < 0)"
     )
-
-
-def plot_affinity(result: AffinityResult, path: str | Path) -> None:
-    """Figure-1-style heat maps on timestep and log-SNR axes, plus mean affinity vs bin gap."""
-    from matplotlib.figure import Figure
-
-    A, edges = result.affinity, result.edges
-    fig = Figure(figsize=(14, 4), layout="constrained")
-    ax_t, ax_s, ax_g = fig.subplots(1, 3)
-    vmin = min(0.0, float(A.min()))
-    mesh = ax_t.pcolormesh(edges, edges, A, vmin=vmin, vmax=1, cmap="viridis")
-    ax_t.set(xlabel="timestep t", ylabel="timestep t", title="task affinity (timestep)")
-    ax_t.invert_yaxis()
-    s_edges = _log_snr_edges(result)
-    ax_s.pcolormesh(s_edges, s_edges, A, vmin=vmin, vmax=1, cmap="viridis")
-    ax_s.set(xlabel="log-SNR", ylabel="log-SNR", title="task affinity (log-SNR)")
-    fig.colorbar(mesh, ax=[ax_t, ax_s], shrink=0.85)
-    gaps = np.arange(len(A))
-    mean = [np.diagonal(A, d).mean() for d in gaps]
-    width = float(np.diff(edges).mean())
-    ax_g.plot(gaps * width, mean, marker=".")
-    ax_g.set(xlabel="|t1 - t2|", ylabel="mean affinity", title="affinity decays with the gap?")
-    ax_g.axhline(0, color="grey", lw=0.6)
-    fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
-
-
-def _log_snr_edges(result: AffinityResult) -> np.ndarray:
-    """Bin edges on the log-SNR axis (interpolated between bin centres, extrapolated at ends)."""
-    c = result.log_snr
-    if len(c) < 2:
-        return np.array([c[0] - 0.5, c[0] + 0.5])
-    mid = 0.5 * (c[1:] + c[:-1])
-    return np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])

@@ -14,8 +14,8 @@ for both models (paired): heldout_gap_j = L_specialist(I_j) - L_generalist(I_j).
 Budgets: `steps` gives every specialist the generalist's steps (it sees about k times more
 samples of its interval); `samples` gives it round(steps * |I_j| / T) steps (steps / k for equal
 intervals), the generalist's expected number of samples from I_j. The generalist is vanilla
-(uniform t) or, with an MTL method, ANT-trained on the same intervals (stratified batches).
-Every run is seeded; mixture and generalist are sampled from the same initial noise (paired).
+(uniform t, mean loss) or, with an MTL method, ANT-trained on the same intervals (stratified
+batches). Every run is seeded; mixture and generalist are sampled from the same initial noise.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from antdiff.config import TrainConfig, make_config
+from antdiff import build
+from antdiff.config import VANILLA, TrainConfig, make_config
 from antdiff.errors import AntError
-from antdiff.schedule import NoiseSchedule
-from antdiff.tasks import IntervalPartition, partition_from_spec
+from antdiff.evaluate import Evaluator
+from antdiff.metrics import draw_heldout_triples, heldout_losses
+from antdiff.report import plot_transfer, write_experiment_report
+from antdiff.rundir import RunDir, read_config
+from antdiff.tasks import IntervalPartition, clustering_from_spec
+from antdiff.train import RESUMABLE, Trainer
 
 BUDGETS = ("steps", "samples")
 DEFAULT_HOLDOUT = 300  # held-out samples when the data set has no default (digits: 300)
@@ -74,8 +79,9 @@ class MixtureDenoiser(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the plan
-def parse_intervals(spec: str, schedule: NoiseSchedule) -> IntervalPartition:
-    """`timestep:K`, `log-snr:K`, ... (clustered), or explicit inclusive `0:199,200:399,...`."""
+def parse_intervals(spec: str, cfg: TrainConfig) -> IntervalPartition:
+    """`timestep:K`, `log-snr:K`, ... (clustered on the run's schedule), or explicit inclusive
+    `0:199,200:399,...`."""
     if spec and spec[0].isdigit():
         try:
             pairs = [tuple(int(v) for v in part.split(":")) for part in spec.split(",")]
@@ -83,13 +89,14 @@ def parse_intervals(spec: str, schedule: NoiseSchedule) -> IntervalPartition:
             raise AntError(f"bad --intervals {spec!r}; use timestep:K or L:R,L:R,...") from None
         if any(len(p) != 2 for p in pairs):
             raise AntError(f"bad --intervals {spec!r}; each interval is L:R (inclusive)")
-        return IntervalPartition(tuple(pairs), schedule.timesteps)  # checks they cover 0..T-1
-    return partition_from_spec(spec, schedule).partition
+        return IntervalPartition(tuple(pairs), cfg.timesteps)  # checks they cover 0..T-1
+    return clustering_from_spec(spec, build.schedule(cfg)).partition
 
 
 @dataclass
 class TransferPlan:
-    """Everything that determines the experiment; `base` holds the shared TrainConfig values."""
+    """Everything that determines the experiment; `base` holds the shared TrainConfig values
+    (TrainConfig's defaults for the rest, as `antdiff train`)."""
 
     base: dict[str, Any]
     intervals: str = "timestep:5"
@@ -115,8 +122,7 @@ class TransferPlan:
             raise AntError("--seeds must be >= 1")
         if self.jobs < 1 or self.per_interval < 1 or self.sample_steps < 1:
             raise AntError("--jobs, --per-interval and --sample-steps must be >= 1")
-        schedule = NoiseSchedule.from_name(base.schedule, base.timesteps)
-        self.partition = parse_intervals(self.intervals, schedule)
+        self.partition = parse_intervals(self.intervals, base)
         if self.intervals[0].isdigit() and self.method != "vanilla":
             raise AntError("an ANT generalist needs --intervals as a cluster spec (timestep:K)")
 
@@ -145,30 +151,14 @@ class TransferPlan:
     def config(self, seed: int, j: int | None) -> TrainConfig:
         """The generalist's (j None) or specialist j's training config for one seed."""
         steps = self.generalist_steps if j is None else self.specialist_steps(j)
-        quiet = {
-            "log_every": max(1, steps // 4),
-            "checkpoint_every": steps,
-            "keep_checkpoints": 1,
-            "num_samples": 16,
-            "sample_steps": 10,
-            "eval_every": 0,
-        }
+        quiet = {"log_every": max(1, steps // 4), "checkpoint_every": steps,
+                 "keep_checkpoints": 1, "eval_every": 0}  # fmt: skip
         if j is None:
             spec = self.intervals if not self.intervals[0].isdigit() else f"timestep:{self.k}"
-            vanilla = self.method == "vanilla"
-            role = {
-                "clusters": spec,
-                "method": self.method,
-                "sampling": "uniform" if vanilla else "stratified",
-            }
+            role = {"clusters": spec, "method": self.method}
         else:
             lo, hi = self.partition.intervals[j]
-            role = {
-                "clusters": "timestep:1",
-                "method": "vanilla",
-                "sampling": "uniform",
-                "timestep_range": f"{lo}:{hi}",
-            }
+            role = {**VANILLA, "clusters": "timestep:1", "timestep_range": f"{lo}:{hi}"}
         out = str(self.run_dir(seed, j))
         return make_config({**self.base, **quiet, **role, "steps": steps, "seed": seed, "out": out})
 
@@ -194,106 +184,56 @@ def _pool_map(fn: Callable, items: Iterable, jobs: int) -> list:
         return list(pool.map(fn, items))
 
 
-def train_or_resume(cfg_values: dict[str, Any]) -> str:
+def train_or_resume(cfg: TrainConfig) -> str:
     """Train one run; a finished run with the same config is reused, a partial one resumed
-    (the trainer refuses a run directory trained with another config)."""
-    from antdiff.checkpoint import STATE, latest_checkpoint
-    from antdiff.config import load_run_config
-    from antdiff.train import RESUMABLE, train
-
-    cfg = make_config(cfg_values)
-    ckpt = latest_checkpoint(cfg.out, missing_ok=True)
-    if ckpt is None:
-        return str(train(cfg))
-    saved, wanted = load_run_config(cfg.out).to_dict(), cfg.to_dict()
-    same = all(saved[k] == wanted[k] for k in wanted if k not in RESUMABLE)
-    state = torch.load(ckpt / STATE, map_location="cpu", weights_only=True)
-    if same and int(state["step"]) == cfg.steps:
+    (a run directory trained with another config is refused)."""
+    run = Path(cfg.out)
+    if not (run / "config.json").is_file():
+        Trainer.start(cfg).fit()
         return cfg.out
-    return str(train(cfg, resume=True))
-
-
-class SampleMetric:
-    """FD on the project's classifier features (images) or sliced Wasserstein (2-D points),
-    against all real data; the real side is computed once."""
-
-    def __init__(self, cfg: TrainConfig, kind: str) -> None:
-        from antdiff.data import load_dataset
-
-        data = load_dataset(cfg.dataset, cfg.resolution)  # pixels/points (latents get decoded)
-        self.kind = kind
-        if kind == "points":  # a seeded subset of at most 5,000 true points
-            self.name = "swd"
-            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
-            self.real = data.x[order[:5000]]
-        else:
-            from antdiff.evaluate import feature_net_for
-
-            self.name = "fd"
-            self.net = feature_net_for(data)
-            self.real = self.net.features(data.x)
-
-    def __call__(self, x: Tensor) -> float:
-        from antdiff.metrics import frechet_distance, sliced_wasserstein
-
-        if self.kind == "points":
-            return sliced_wasserstein(x, self.real, seed=0)
-        return frechet_distance(self.net.features(x.clamp(-1, 1)), self.real)
-
-
-@torch.no_grad()
-def _heldout_losses(model: nn.Module, triples: Any, cfg: TrainConfig, alphas: Tensor) -> Tensor:
-    from antdiff.diffusion import per_sample_loss
-
-    model.eval()
-    out = []
-    for a in range(0, len(triples.t), 256):
-        sl = slice(a, a + 256)
-        out.append(
-            per_sample_loss(
-                model,
-                triples.x0[sl],
-                triples.t[sl],
-                triples.noise[sl],
-                alphas,
-                prediction=cfg.prediction,
-            ).double()
-        )
-    return torch.cat(out)
+    saved = read_config(run).to_dict()
+    wanted = cfg.to_dict()
+    same = all(saved[k] == wanted[k] for k in wanted if k not in RESUMABLE)
+    done = RunDir.open(run)
+    if same and done.has_checkpoint() and done.load_checkpoint().step == cfg.steps:
+        return cfg.out
+    Trainer.start(cfg, resume=done.has_checkpoint()).fit()
+    return cfg.out
 
 
 def evaluate_seed(args: tuple[TransferPlan, int]) -> dict[str, Any]:
     """Sample metric of the generalist and of each mixture (same initial noise: paired), and
     paired held-out losses on interval j."""
-    from antdiff.metrics import draw_heldout_triples
-    from antdiff.run import load_run, sample_run
-    from antdiff.train import load_data
-
     plan, seed = args
-    gen = load_run(plan.run_dir(seed, None))
-    specs = [load_run(plan.run_dir(seed, j)) for j in range(plan.k)]
-    metric = SampleMetric(gen.cfg, gen.meta["kind"])
-    kw = {"sampler": plan.sampler, "steps": plan.sample_steps, "seed": seed}
-    gen_value = metric(sample_run(gen, plan.num_samples, **kw))
-    mixtures = []
-    for j, spec in enumerate(specs):
-        mix = MixtureDenoiser(gen.model, spec.model, plan.partition.intervals[j])
-        mixtures.append(metric(sample_run(replace(gen, model=mix), plan.num_samples, **kw)))
-    _, heldout = load_data(gen.cfg)
+    gen_run = RunDir.open(plan.run_dir(seed, None))
+    gen = build.trained_model(gen_run)
+    specs = [build.trained_model(RunDir.open(plan.run_dir(seed, j))) for j in range(plan.k)]
+    cfg = gen_run.cfg
+    evaluator = Evaluator(cfg, gen_run.info, build.schedule(cfg), num=plan.num_samples,
+                          sampler=plan.sampler, steps=plan.sample_steps, seed=seed)  # fmt: skip
+    metric = "swd" if gen_run.info.kind == "points" else "fd"
+
+    def quality(model: nn.Module) -> float:
+        x, labels, g = evaluator.sample(model)
+        return float(evaluator.sample_quality(x, labels, g)[metric])
+
+    gen_value = quality(gen)
+    mixtures = [quality(MixtureDenoiser(gen, spec, plan.partition.intervals[j]))
+                for j, spec in enumerate(specs)]  # fmt: skip
+    _, heldout = build.load_data(cfg)
     if heldout is None:
         raise AntError("the held-out gap needs held-out data (--holdout N)")
-    intervals = [list(iv) for iv in plan.partition.intervals]
-    triples = draw_heldout_triples(heldout.x, intervals, n_per_interval=plan.per_interval, seed=0)
-    alphas = gen.schedule.alphas_cumprod.float()
-    loss_gen = _heldout_losses(gen.model, triples, gen.cfg, alphas)
+    triples = draw_heldout_triples(heldout.x, plan.partition.intervals,
+                                   n_per_interval=plan.per_interval, seed=0)  # fmt: skip
+    loss_gen = heldout_losses(evaluator.loss_fn(gen), triples)
     gap, lg, ls = [], [], []
     for j, spec in enumerate(specs):
         mask = triples.interval == j
-        diff = _heldout_losses(spec.model, triples, gen.cfg, alphas)[mask] - loss_gen[mask]
+        diff = heldout_losses(evaluator.loss_fn(spec), triples)[mask] - loss_gen[mask]
         gap.append(float(diff.mean()))
         lg.append(float(loss_gen[mask].mean()))
         ls.append(lg[-1] + gap[-1])
-    return {"seed": seed, "metric": metric.name, "generalist": gen_value, "mixture": mixtures,
+    return {"seed": seed, "metric": metric, "generalist": gen_value, "mixture": mixtures,
             "ntg": [m - gen_value for m in mixtures], "heldout_generalist": lg,
             "heldout_specialist": ls, "heldout_gap": gap}  # fmt: skip
 
@@ -312,14 +252,12 @@ def _spread(rows: list[list[float]]) -> dict[str, Any]:
 
 def run_transfer(plan: TransferPlan) -> dict[str, Any]:
     """Train all runs, evaluate every seed, write transfer.json, transfer.png and report.html."""
-    from antdiff.analysis.report import write_experiment_report
-
     start = time.perf_counter()
     out = Path(plan.out)
-    out.mkdir(parents=True, exist_ok=True)
     _check_samples(plan)
     configs = plan.all_configs()
-    _pool_map(train_or_resume, [c.to_dict() for c in configs], plan.jobs)
+    out.mkdir(parents=True, exist_ok=True)
+    _pool_map(train_or_resume, configs, plan.jobs)
     trained = time.perf_counter()
     rows = _pool_map(evaluate_seed, [(plan, s) for s in plan.seeds], plan.jobs)
     result = summarise(plan, rows)
@@ -328,7 +266,7 @@ def run_transfer(plan: TransferPlan) -> dict[str, Any]:
         "evaluate": round(time.perf_counter() - trained, 1),
     }
     (out / "transfer.json").write_text(json.dumps(result, indent=1))
-    plot_transfer(result, out / "transfer.png")
+    plot_transfer(result, result["heldout_gap_pct"], out / "transfer.png")
     write_experiment_report(out)
     return result
 
@@ -345,6 +283,8 @@ def summarise(plan: TransferPlan, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "per_interval": plan.per_interval,
         "base": plan.base,
     }
+    spec = np.asarray([r["heldout_specialist"] for r in rows])
+    gen = np.asarray([r["heldout_generalist"] for r in rows])
     return {
         "settings": settings,
         "intervals": [list(iv) for iv in plan.partition.intervals],
@@ -355,10 +295,11 @@ def summarise(plan: TransferPlan, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "generalist": [r["generalist"] for r in rows],
         "mixture": [r["mixture"] for r in rows],
         "ntg": _spread([r["ntg"] for r in rows]),
-        "heldout_generalist": [r["heldout_generalist"] for r in rows],
-        "heldout_specialist": [r["heldout_specialist"] for r in rows],
+        "heldout_generalist": gen.tolist(),
+        "heldout_specialist": spec.tolist(),
         "heldout_gap": _spread([r["heldout_gap"] for r in rows]),
-        "heldout_gap_pct": relative_gap(rows),
+        # in percent of the generalist's loss on the interval, 100 (L_s / L_g - 1)
+        "heldout_gap_pct": _spread((100.0 * (spec / gen - 1.0)).tolist()),
         "runs": {
             str(s): [str(plan.run_dir(s, j)) for j in (None, *range(plan.k))] for s in plan.seeds
         },
@@ -366,86 +307,9 @@ def summarise(plan: TransferPlan, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _check_samples(plan: TransferPlan) -> None:
-    from antdiff.data import load_dataset
-
     cfg = make_config(plan.base)
-    data = load_dataset(cfg.dataset, cfg.resolution)
+    data = build.reference_data(cfg)
     if data.kind == "image" and plan.num_samples <= FD_FEATURES:
         raise AntError(f"--num-samples must exceed {FD_FEATURES} (the FD feature dimension)")
     if cfg.heldout_size == 0 or cfg.heldout_size >= len(data):
         raise AntError(f"--holdout must be in 1..{len(data) - 1} for the held-out gap")
-
-
-# ----------------------------------------------------------------------------- outputs
-def interval_labels(intervals: list[list[int]]) -> list[str]:
-    return [f"[{l},{r}]" for l, r in intervals]
-
-
-def relative_gap(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Held-out gap in percent of the generalist's loss on the interval, 100 (L_s / L_g - 1)."""
-    ratio = np.asarray([r["heldout_specialist"] for r in rows]) / np.asarray(
-        [r["heldout_generalist"] for r in rows]
-    )
-    return _spread((100.0 * (ratio - 1.0)).tolist())
-
-
-def plot_transfer(result: dict[str, Any], path: str | Path) -> None:
-    """Bars of NTG_j (mean, +-1 std over seeds, dots per seed) and of the relative held-out gap
-    (the loss scale differs by orders of magnitude between intervals)."""
-    from matplotlib.figure import Figure
-
-    labels = interval_labels(result["intervals"])
-    x = np.arange(len(labels))
-    fig = Figure(figsize=(11, 3.8), layout="constrained")
-    panels = fig.subplots(1, 2)
-    what = [
-        (
-            "ntg",
-            f"NTG = {result['metric'].upper()}(mixture) - {result['metric'].upper()}(generalist)",
-        ),
-        ("heldout_gap_pct", "held-out loss: specialist vs generalist (%)"),
-    ]
-    result = {**result, "heldout_gap_pct": gap_percent(result)}
-    for ax, (key, title) in zip(panels, what, strict=True):
-        stats = result[key]
-        err = [0.0 if v is None else v for v in stats["std"]]
-        mean = np.asarray(stats["mean"])
-        ax.bar(x, mean, yerr=err, capsize=3, color=np.where(mean < 0, "tab:red", "tab:blue"))
-        for row in stats["per_seed"]:
-            ax.plot(x, row, "k.", ms=4)
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(x, labels, fontsize=8)
-        ax.set(xlabel="interval (0-based t)", title=title)
-    panels[0].set_ylabel("< 0: negative transfer")
-    fig.suptitle(
-        f"negative transfer, {len(result['seeds'])} seed(s), budget "
-        f"{result['settings']['budget']}, generalist {result['settings']['method']}"
-    )
-    fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
-
-
-def gap_percent(result: dict[str, Any]) -> dict[str, Any]:
-    """`heldout_gap_pct` of a transfer result, computed for a transfer.json written before it."""
-    if "heldout_gap_pct" in result:
-        return result["heldout_gap_pct"]
-    pairs = zip(result["heldout_specialist"], result["heldout_generalist"], strict=True)
-    return relative_gap([{"heldout_specialist": s, "heldout_generalist": g} for s, g in pairs])
-
-
-def summary_table(result: dict[str, Any]) -> str:
-    """Plain-text table of NTG and held-out gap per interval (mean +- std over seeds)."""
-    m = result["metric"].upper()
-    pct = gap_percent(result)
-    lines = [f"{'interval':>12}  {'NTG (' + m + ')':>18}  {'held-out gap':>20}  {'gap %':>14}"]
-    for j, label in enumerate(interval_labels(result["intervals"])):
-        lines.append(
-            f"{label:>12}  {_pm(result['ntg'], j, 3):>18}  {_pm(result['heldout_gap'], j, 5):>20}"
-            f"  {_pm(pct, j, 1):>14}"
-        )
-    return "\n".join(lines)
-
-
-def _pm(stats: dict[str, Any], j: int, digits: int) -> str:
-    std = stats["std"][j]
-    spread = "" if std is None else f" +- {std:.{digits}f}"
-    return f"{stats['mean'][j]:+.{digits}f}{spread}"

@@ -1,4 +1,4 @@
-"""Sample-quality metrics (issue 5): one entry point, `evaluate_samples`, for images and 2-D points.
+"""Sample-quality metrics: one entry point, `evaluate_samples`, for images and 2-D points.
 
 Images: Frechet distance `fd` on the features of the project's own classifier (features.py; the
 Inception FID of the paper needs weights we do not have, see fid.py), improved precision/recall,
@@ -18,7 +18,12 @@ from antdiff.errors import AntError
 from antdiff.metrics.classifier import classifier_stats
 from antdiff.metrics.features import FeatureNet, get_feature_net
 from antdiff.metrics.frechet import frechet_distance, frechet_distance_from_stats, gaussian_stats
-from antdiff.metrics.heldout import draw_heldout_triples, evaluate_heldout, heldout_loss
+from antdiff.metrics.heldout import (
+    draw_heldout_triples,
+    evaluate_heldout,
+    heldout_loss,
+    heldout_losses,
+)
 from antdiff.metrics.prdc import precision_recall
 from antdiff.metrics.toy import (
     GaussianMixture,
@@ -42,6 +47,7 @@ __all__ = [
     "get_feature_net",
     "gmm_log_likelihood",
     "heldout_loss",
+    "heldout_losses",
     "mixture_quality",
     "mmd2_rbf",
     "precision_recall",
@@ -124,7 +130,7 @@ def evaluate_samples(
 def fd_reference(
     real: Tensor, *, feature_net: FeatureNet | None = None, seed: int = 0
 ) -> dict[str, float]:
-    """The floor and ceiling to report beside any FD (issue 5: know the noise first).
+    """The floor and ceiling to report beside any FD: know the noise before comparing FDs.
 
     fd_halves: FD between two random halves of the real set (what a perfect model would get at
     half the sample size); fd_noise: FD between the real set and as many uniform-noise images.

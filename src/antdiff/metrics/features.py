@@ -20,12 +20,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from antdiff.data import cache_dir, load_digits
 from antdiff.errors import AntError
 
 FEATURE_DIM = 128
@@ -85,10 +85,6 @@ class FeatureNet(nn.Module):
         self.cache_path: Path | None = None
         self.heldout_accuracy: float | None = None
 
-    @property
-    def feature_dim(self) -> int:
-        return FEATURE_DIM
-
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.dropout(self.body(x)))
 
@@ -136,33 +132,19 @@ def digits_split(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
     The held-out split (360 images, a seeded permutation) measures the feature net's accuracy.
     """
-    from sklearn.datasets import load_digits
-
     d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / 16.0 * 2.0 - 1.0).unsqueeze(1)
-    y = torch.from_numpy(d.target.astype(np.int64))
+    x, y = d.x, d.labels
+    assert y is not None
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     test, train = perm[:DIGITS_HELDOUT], perm[DIGITS_HELDOUT:]
     return x[train], y[train], x[test], y[test]
 
 
-def to_unit_range(images: Tensor) -> Tensor:
-    """uint8 images (0..255) -> float in [-1, 1]; float images are returned as float32 unchanged."""
-    if images.dtype == torch.uint8:
-        return images.to(torch.float32) / 127.5 - 1.0
-    return images.to(torch.float32)
-
-
 @torch.no_grad()
 def accuracy(net: FeatureNet, images: Tensor, labels: Tensor) -> float:
-    """Top-1 accuracy of the net on images in [-1, 1] (or uint8)."""
-    pred = net.logits(to_unit_range(images)).argmax(dim=1)
+    """Top-1 accuracy of the net on images in [-1, 1]."""
+    pred = net.logits(images).argmax(dim=1)
     return float((pred == labels.to(torch.int64).cpu()).to(torch.float64).mean())
-
-
-def cache_dir() -> Path:
-    """`$ANTDIFF_CACHE` if set, else `~/.cache/antdiff`."""
-    return Path(os.environ.get("ANTDIFF_CACHE") or Path.home() / ".cache" / "antdiff")
 
 
 def _sha256(*tensors: Tensor) -> str:
@@ -214,8 +196,8 @@ def get_feature_net(
     """Return the feature net for a data set, training it once and loading it afterwards.
 
     `dataset="digits"` trains on scikit-learn's digits (training split of `digits_split`). For any
-    other name (e.g. "mnist") pass the training `images` ([N,H,W] or [N,1,H,W], uint8 0..255 or
-    float in [-1,1], square) and integer `labels`; the data bytes are part of the cache key.
+    other name (e.g. "mnist") pass the training `images` ([N,H,W] or [N,1,H,W] in [-1, 1],
+    square, as a Dataset holds them) and integer `labels`; the data bytes are part of the cache key.
     `heldout_*` (optional) measure the accuracy, stored beside the weights.
     """
     if dataset == "digits" and images is None:
@@ -226,7 +208,7 @@ def get_feature_net(
     else:
         if images is None or labels is None:
             raise AntError(f"feature net for {dataset!r} needs training images and labels")
-        x = to_unit_range(images)
+        x = images.to(torch.float32)
         x = x.unsqueeze(1) if x.ndim == 3 else x
         y = labels.to(torch.int64).cpu()
         if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3] or len(x) != len(y):

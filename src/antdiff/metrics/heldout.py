@@ -100,6 +100,28 @@ def _summary(losses: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
+def heldout_losses(
+    loss_fn: LossFn,
+    triples: HeldoutTriples,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Per-triple losses [N] (float64, CPU) of `loss_fn(x0, t, noise[, y]) -> [B]`."""
+    parts = []
+    for i in range(0, len(triples.t), batch_size):
+        sl = slice(i, i + batch_size)
+        args = [triples.x0[sl], triples.t[sl], triples.noise[sl]]
+        if triples.y is not None:
+            args.append(triples.y[sl])
+        out = loss_fn(*(a.to(device) for a in args))
+        out = torch.as_tensor(out).detach().reshape(-1).cpu().to(torch.float64)
+        if out.shape[0] != triples.t[sl].shape[0]:
+            raise AntError(f"loss_fn must return one loss per sample; got shape {tuple(out.shape)}")
+        parts.append(out)
+    return torch.cat(parts)
+
+
 def evaluate_heldout(
     loss_fn: LossFn,
     triples: HeldoutTriples,
@@ -114,18 +136,7 @@ def evaluate_heldout(
     prediction type, e.g. eps or v MSE of the EMA model); `loss_fn(x0, t, noise, y)` when the
     triples carry labels.
     """
-    parts = []
-    for i in range(0, len(triples.t), batch_size):
-        sl = slice(i, i + batch_size)
-        args = [triples.x0[sl], triples.t[sl], triples.noise[sl]]
-        if triples.y is not None:
-            args.append(triples.y[sl])
-        out = loss_fn(*(a.to(device) for a in args))
-        out = torch.as_tensor(out).detach().reshape(-1).cpu().to(torch.float64)
-        if out.shape[0] != triples.t[sl].shape[0]:
-            raise AntError(f"loss_fn must return one loss per sample; got shape {tuple(out.shape)}")
-        parts.append(out)
-    losses = torch.cat(parts)
+    losses = heldout_losses(loss_fn, triples, batch_size=batch_size, device=device)
     num_t = triples.num_timesteps
     num_bins = max(1, min(num_bins, num_t))
     edges = [round(b * num_t / num_bins) for b in range(num_bins + 1)]

@@ -1,4 +1,4 @@
-"""Multi-task methods over K tasks; knows nothing of diffusion (DESIGN.md, `mtl/`).
+"""Multi-task methods over K tasks; knows nothing of diffusion.
 
     method = build_method("uw", num_tasks=K)            # mean, uw, famo, pcgrad, nash, torchjd:NAME
     optimizer = AdamW([{"params": model.parameters()}, *method.param_groups()], lr=1e-4)
@@ -9,7 +9,7 @@
 
 Absent tasks (no sample in the global batch): weight 0, each method runs on the present subset,
 and `info.task_losses` is NaN for them. Non-finite losses: skipped step with a GradScaler
-(`info.finite` is False), `AntError` without one.
+(`info.finite` is False), `NonFiniteError` without one.
 """
 
 from __future__ import annotations
@@ -53,12 +53,21 @@ def build_method(name: str, num_tasks: int, **options: Any) -> MTLMethod:
             f"unknown option(s) {', '.join(unknown)} for method {name!r}; "
             f"valid: {', '.join(allowed) or 'none'}"
         )
-    return cls(num_tasks, **options)
+    try:
+        return cls(num_tasks, **options)
+    except TypeError as e:  # an option of the wrong type, e.g. {"lr": "fast"}
+        raise AntError(f"bad option for method {name!r}: {e}") from None
+
+
+def check_method(name: str, num_tasks: int, options: dict[str, Any]) -> None:
+    """Raise AntError now if `build_method(name, num_tasks, **options)` would."""
+    build_method(name, num_tasks, **options)
 
 
 __all__ = [
     "FAMO",
     "METHODS",
+    "TORCHJD_PREFIX",
     "GramianMethod",
     "LossMethod",
     "MTLMethod",
@@ -70,6 +79,7 @@ __all__ = [
     "TorchJDMethod",
     "UncertaintyWeighting",
     "build_method",
+    "check_method",
     "mtl_after_step",
     "mtl_backward",
     "nash_weights",

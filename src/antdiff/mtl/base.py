@@ -6,7 +6,8 @@ gradient g_k = grad L_k. Every method, whatever its kind, ends in one update
     sum_k w_k g_k,
 
 so every method reports its weights w [K] on the raw task losses (for logging and so that steps
-between weight refreshes are a single weighted backward). Two kinds (reference/style.md, 2-3):
+between weight refreshes are a single weighted backward). Two kinds, after torchjd's split of
+aggregators into a weighting of the Gramian (github.com/TorchJD/torchjd):
 
 * `LossMethod`: losses [K] -> scalar objective (mean, uncertainty weighting, FAMO); its weights
   are d objective / d L_k, found by autograd on K numbers: no per-task gradient is needed.
@@ -86,7 +87,7 @@ class LossMethod(MTLMethod):
                 f"got shape {tuple(losses.shape)}"
             )
 
-    def loss_weights(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
+    def task_weights(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
         """Weights d objective / d L_k at `losses` (0 for absent tasks).
 
         Also back-propagates the objective into the method's own parameters (their `.grad`),
@@ -115,7 +116,7 @@ class GramianMethod(MTLMethod):
         self.register_buffer("cached", torch.zeros(self.num_tasks, dtype=torch.float64))
         self.register_buffer("has_cached", torch.zeros((), dtype=torch.bool))
 
-    def weighting(self, gramian: Tensor) -> Tensor:
+    def solve(self, gramian: Tensor) -> Tensor:
         """Weights [n] on the raw gradients of the n present tasks, from their Gramian [n, n]."""
         raise NotImplementedError
 
@@ -132,7 +133,7 @@ class GramianMethod(MTLMethod):
             raise AntError("the Gramian of the task gradients is not finite")
         present = self.present_mask(present, g.device)
         sub = g[present][:, present]
-        w_sub = self.weighting(sub).to(torch.float64)
+        w_sub = self.solve(sub).to(torch.float64)
         if w_sub.shape != (sub.shape[0],) or not bool(torch.isfinite(w_sub).all()):
             raise AntError(f"{type(self).__name__} produced invalid weights {w_sub.tolist()}")
         w = torch.zeros(k, dtype=torch.float64)

@@ -15,7 +15,7 @@ GLOBAL batch):
 AMP: losses are scaled by the GradScaler for backward and the gradients unscaled before they are
 combined (Nash's weights depend on the gradient scale); an inf/NaN skips the step (finite=False)
 and backs off the scale exactly as `GradScaler.step/update`; do not call `scaler.step`.
-Without a scaler, non-finite task losses or gradients raise `AntError` instead.
+Without a scaler, non-finite task losses or gradients raise `NonFiniteError` instead.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from antdiff.errors import AntError
+from antdiff.errors import AntError, NonFiniteError
 from antdiff.mtl.base import GramianMethod, LossMethod, MTLMethod
 
 LossFn = Callable[[Tensor], Tensor]
@@ -40,7 +40,7 @@ class StepInfo:
     """What one `mtl_backward` did (all tensors detached, on CPU)."""
 
     task_losses: Tensor  # [K] global task losses; NaN for tasks absent from the global batch
-    weights: Tensor  # [K] effective weight on each task loss: the update is sum_k w_k grad L_k
+    task_weights: Tensor  # [K] effective weight on each task loss: the update is sum_k w_k grad L_k
     finite: bool  # False: skip optimizer.step() (AMP overflow; the scaler has backed off)
     refreshed: bool  # a gradient method recomputed its weights this step
 
@@ -90,7 +90,7 @@ def mtl_backward(
         _report_to_scaler(scaler, found_inf=not finite, device=params[0].device)
     elif not finite:
         bad = [k for k in range(method.num_tasks) if present[k] and not losses[k].isfinite()]
-        raise AntError(
+        raise NonFiniteError(
             f"non-finite task losses or gradients (task losses {losses.tolist()}, bad tasks "
             f"{bad}); lower the learning rate or use a GradScaler to skip such steps"
         )
@@ -143,7 +143,7 @@ def _weighted_step(
     if not bool(torch.isfinite(glob[present]).all()):
         return glob, torch.zeros(k), False
     if isinstance(method, LossMethod):
-        weights = method.loss_weights(glob, present)
+        weights = method.task_weights(glob, present)
     else:
         assert isinstance(method, GramianMethod)
         weights = method.cached_weights()

@@ -10,11 +10,11 @@ paper's code divides G by its Frobenius norm for its solver (sequential convex p
 cvxpy + ECOS) and multiplies the norm back into the constraint, so its weights are these, for
 the raw G. We solve on the normalised G for conditioning and rescale: a = a_hat / sqrt(norm).
 
-The update is sum_i a_i g_i / K (reference/paper.md 5.3), the weights are refreshed every 25
-steps and the trainer clips the gradient norm to 1.0, as in the paper's code. If no solution
-exists (a non-negative combination of the task gradients is zero, e.g. two opposite gradients or
-a zero gradient) or Newton does not converge, `NashSolverError` is raised: unlike the official
-code, stale weights are never reused silently (reference/paper.md 9 and anchors.md (c) 4).
+The update is sum_i a_i g_i / K (the paper's code, `mtl_library/nash.py`), the weights are
+refreshed every 25 steps and the trainer clips the gradient norm to 1.0, as in the paper's code.
+If no solution exists (a non-negative combination of the task gradients is zero, e.g. two
+opposite gradients or a zero gradient) or Newton does not converge, `NashSolverError` is raised:
+unlike the official code, stale weights are never reused silently.
 """
 
 from __future__ import annotations
@@ -93,5 +93,5 @@ class NashMTL(GramianMethod):
             raise AntError(f"nash max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
         self.default_max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
 
-    def weighting(self, gramian: Tensor) -> Tensor:
+    def solve(self, gramian: Tensor) -> Tensor:
         return nash_weights(gramian) / gramian.shape[0]

@@ -1,8 +1,8 @@
 """PCGrad (Yu et al., NeurIPS 2020) as a Gramian weighting, seeded for DDP and exact resume.
 
 For each task i, in a random order over the other tasks j: if g_i^PC . g_j < 0 then
-g_i^PC -= (g_i^PC . g_j / |g_j|^2) g_j, always projecting on the *original* g_j (paper
-Algorithm 1; reference/paper.md 5.4). Every g_i^PC stays a linear combination sum_j c_ij g_j, and
+g_i^PC -= (g_i^PC . g_j / |g_j|^2) g_j, always projecting on the *original* g_j (Yu et al.
+2020, Algorithm 1). Every g_i^PC stays a linear combination sum_j c_ij g_j, and
 all the dot products it needs are entries of the Gramian G, so the weights come from G alone:
 g_i^PC . g_j = (G c_i)_j. The update is sum_i g_i^PC of the losses L_i / K, i.e. weights
 sum_i c_i / K on the raw gradients (K = number of present tasks).
@@ -54,7 +54,7 @@ class PCGrad(GramianMethod):
         """One random projection order per task (n permutations of range(n))."""
         return [torch.randperm(n, generator=self.generator).tolist() for _ in range(n)]
 
-    def weighting(self, gramian: Tensor) -> Tensor:
+    def solve(self, gramian: Tensor) -> Tensor:
         n = gramian.shape[0]
         return pcgrad_weights(gramian, self.draw_orders(n)) / n
 

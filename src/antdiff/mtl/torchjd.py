@@ -1,10 +1,10 @@
 """Any torchjd `Weighting` (MGDA, UPGrad, CAGrad, IMTL-G, Aligned-MTL, ...) on our Gramian.
 
 torchjd (optional extra `ant-diffusion[torchjd]`) maps the Gramian [K, K] of the task gradients
-to weights [K] (reference/style.md, torchjd section); we use its weights as they are, on the raw
-task gradients g_k = grad L_k. Weightings that draw random numbers use the global torch RNG;
-we run them inside a forked RNG whose state is the method's own (seeded, in `state_dict`), so
-DDP ranks agree and resume is exact.
+to weights [K] (torchjd's `Weighting`, github.com/TorchJD/torchjd); we use its weights as they
+are, on the raw task gradients g_k = grad L_k. Weightings that draw random numbers use the
+global torch RNG; we run them inside a forked RNG whose state is the method's own (seeded, in
+`state_dict`), so DDP ranks agree and resume is exact.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class TorchJDMethod(GramianMethod):
         gen = torch.Generator().manual_seed(self.seed)
         self.rng_state = gen.get_state()
 
-    def weighting(self, gramian: Tensor) -> Tensor:
+    def solve(self, gramian: Tensor) -> Tensor:
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self.rng_state)
             weights = self.inner(gramian.to(torch.float64))

@@ -1,4 +1,5 @@
-"""Uncertainty weighting (Kendall et al. 2018) exactly as ANT's code (reference/paper.md 5.2).
+"""Uncertainty weighting (Kendall et al. 2018) exactly as ANT's code (Go et al. 2023,
+Sec. 5; official `mtl_library/uw.py`).
 
     objective = sum_c 0.5 * (exp(-s_c) * L_c / K + s_c),   s_c = log sigma_c^2, initialised to 0.
 

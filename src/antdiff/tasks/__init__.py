@@ -1,4 +1,7 @@
-"""Timesteps as tasks: interval partitions, exact interval clustering, timestep samplers."""
+"""Timesteps as tasks (Go et al. 2023, Sec. 4): interval partitions, their exact clustering by
+dynamic programming under a named cost, and timestep samplers that return task ids.
+
+Knows nothing of models or diffusers: a clustering cost sees SNR(t) through `SNRCurve`."""
 
 from antdiff.tasks.clustering import (
     COSTS,
@@ -11,41 +14,45 @@ from antdiff.tasks.clustering import (
     median_cost,
     timestep_cost,
 )
-from antdiff.tasks.objective import (
-    cluster_schedule,
+from antdiff.tasks.partition import IntervalPartition
+from antdiff.tasks.spec import (
+    ClusterSpec,
+    SNRCurve,
+    cluster_timesteps,
+    clustering_from_spec,
     cost_matrix,
     load_affinity,
-    parse_clusters,
-    partition_from_spec,
 )
-from antdiff.tasks.partition import IntervalPartition
-from antdiff.tasks.sampling import (
-    SAMPLERS,
+from antdiff.tasks.timesteps import (
+    TIMESTEP_SAMPLINGS,
     RangeSampler,
     StratifiedSampler,
+    TimestepSampler,
     UniformSampler,
-    build_sampler,
+    build_timestep_sampler,
 )
 
 __all__ = [
     "COSTS",
-    "SAMPLERS",
+    "TIMESTEP_SAMPLINGS",
+    "ClusterSpec",
     "Clustering",
     "IntervalPartition",
     "RangeSampler",
+    "SNRCurve",
     "StratifiedSampler",
+    "TimestepSampler",
     "UniformSampler",
     "affinity_cost",
-    "build_sampler",
+    "build_timestep_sampler",
     "callable_cost",
     "cluster",
     "cluster_dp",
-    "cluster_schedule",
+    "cluster_timesteps",
+    "clustering_from_spec",
     "cost_matrix",
     "interpolate_affinity",
     "load_affinity",
     "median_cost",
-    "parse_clusters",
-    "partition_from_spec",
     "timestep_cost",
 ]

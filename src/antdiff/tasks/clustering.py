@@ -6,8 +6,8 @@ Recurrence (0-based, inclusive intervals):
     D_j(r) = min_{j-2 <= m < r} D_{j-1}(m) + L([m+1, r])            j = 2..k
 and the answer is D_k(T-1), recovered by back-pointers. Every interval cost below is O(1) after
 prefix sums, so the full cost matrix C[l, r] takes O(T^2) and the DP O(k T^2), both vectorised.
-Unlike the official code (reference defects 9.1-9.5): no zero-cost masking, exact m+1 bounds,
-integer bounds and no hard-coded T.
+Unlike the official code (github.com/gohyojun15/ANT_diffusion, interval_clustering.py): no
+zero-cost masking, exact m+1 bounds, integer bounds and no hard-coded T.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ COSTS = ("timestep", "snr", "log-snr", "affinity")
 
 @dataclass(frozen=True)
 class Clustering:
+    """An optimal partition, its total cost, and the name of the cost it minimises."""
+
     partition: IntervalPartition
-    cost: float
-    objective: str
+    total: float
+    cost: str
 
 
 def timestep_cost(timesteps: int) -> np.ndarray:
@@ -151,10 +153,10 @@ def cluster_dp(C: np.ndarray, k: int) -> tuple[list[int], float]:
     return [0, *reversed(lefts)], float(D[T - 1])
 
 
-def cluster(C: np.ndarray, k: int, objective: str = "custom") -> Clustering:
+def cluster(C: np.ndarray, k: int, cost: str = "custom") -> Clustering:
     """Optimal k-interval partition for the cost matrix C (see module docstring)."""
     lefts, total = cluster_dp(C, k)
-    return Clustering(IntervalPartition.from_bounds(lefts, C.shape[0]), total, objective)
+    return Clustering(IntervalPartition.from_bounds(lefts, C.shape[0]), total, cost)
 
 
 def _below_diagonal(T: int) -> np.ndarray:

@@ -6,7 +6,6 @@ tasks into k interval clusters I_i = [l_i, r_i]; each interval is then one task 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import torch
@@ -84,10 +83,3 @@ class IntervalPartition:
             if isinstance(e, AntError):
                 raise
             raise AntError(f"not a partition: {d!r}") from None
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> IntervalPartition:
-        return cls.from_dict(json.loads(text))

@@ -1,7 +1,8 @@
 """Forward noising and the per-sample denoising loss (one value per sample, shape [B]).
 
     x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps,  a_t = alpha_bar_t        (DDPM, Ho et al. 2020)
-    epsilon target: eps;   v target: v = sqrt(a_t) eps - sqrt(1 - a_t) x_0   (Salimans & Ho 2022)
+    targets: epsilon -> eps;  v -> sqrt(a_t) eps - sqrt(1 - a_t) x_0  (Salimans & Ho 2022);
+             sample -> x_0
 
 Losses are returned per sample so that the caller reduces them per task (timestep interval)
 with explicit task ids; weights such as Min-SNR or P2 multiply these values.
@@ -15,8 +16,15 @@ import torch
 
 from antdiff.errors import AntError
 
-PREDICTIONS = ("epsilon", "v")
+#: What the network predicts (our names) -> diffusers' `prediction_type`.
+PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction", "sample": "sample"}
 Model = Callable[..., torch.Tensor]
+
+
+def check_prediction(prediction: str) -> str:
+    if prediction not in PREDICTIONS:
+        raise AntError(f"unknown prediction {prediction!r}; choose from {', '.join(PREDICTIONS)}")
+    return prediction
 
 
 def _coef(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> tuple:
@@ -24,12 +32,6 @@ def _coef(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> 
     a = alphas_cumprod.to(like.device)[t.to(like.device)]
     shape = (-1,) + (1,) * (like.ndim - 1)
     return a.sqrt().to(like.dtype).view(shape), (1.0 - a).sqrt().to(like.dtype).view(shape)
-
-
-def check_prediction(prediction: str) -> str:
-    if prediction not in PREDICTIONS:
-        raise AntError(f"unknown prediction {prediction!r}; choose from {', '.join(PREDICTIONS)}")
-    return prediction
 
 
 def q_sample(
@@ -47,9 +49,12 @@ def target(
     alphas_cumprod: torch.Tensor,
     prediction: str = "epsilon",
 ) -> torch.Tensor:
-    """Regression target: eps, or v = sqrt(a_t) eps - sqrt(1 - a_t) x_0."""
-    if check_prediction(prediction) == "epsilon":
+    """Regression target: eps, v = sqrt(a_t) eps - sqrt(1 - a_t) x_0, or x_0."""
+    prediction = check_prediction(prediction)
+    if prediction == "epsilon":
         return noise
+    if prediction == "sample":
+        return x0
     sa, s1a = _coef(alphas_cumprod, t, x0)
     return sa * noise - s1a * x0
 
@@ -69,17 +74,3 @@ def per_sample_loss(
     pred = model(xt, t, y)
     err = (pred.float() - target(x0, t, noise, alphas_cumprod, prediction).float()).square()
     return err.flatten(1).mean(1)
-
-
-def predict_x0(
-    model_output: torch.Tensor,
-    xt: torch.Tensor,
-    t: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
-    prediction: str = "epsilon",
-) -> torch.Tensor:
-    """x_0 from a prediction: (x_t - sqrt(1-a) eps) / sqrt(a), or sqrt(a) x_t - sqrt(1-a) v."""
-    sa, s1a = _coef(alphas_cumprod, t, xt)
-    if check_prediction(prediction) == "epsilon":
-        return (xt - s1a * model_output) / sa
-    return sa * xt - s1a * model_output

@@ -32,17 +32,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from antdiff.diffusion.loss import check_prediction
+from antdiff.diffusion.schedule import NoiseSchedule
 from antdiff.errors import AntError
-from antdiff.schedule import NoiseSchedule
 
-PREDICTIONS = {
-    "epsilon": "epsilon",
-    "eps": "epsilon",
-    "v_prediction": "v_prediction",
-    "v": "v_prediction",
-    "sample": "sample",
-    "x0": "sample",
-}
 DEFAULTS: dict[str, dict[str, float]] = {
     "constant": {},
     "min-snr": {"gamma": 5.0},
@@ -54,7 +47,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
 def _min_snr(snr: Tensor, pred: str, gamma: float, **_: float) -> Tensor:
     if pred == "epsilon":
         return torch.clamp(gamma / snr, max=1.0)
-    if pred == "v_prediction":
+    if pred == "v":
         return torch.clamp(snr, max=gamma) / (snr + 1.0)
     return torch.clamp(snr, max=gamma)
 
@@ -62,7 +55,7 @@ def _min_snr(snr: Tensor, pred: str, gamma: float, **_: float) -> Tensor:
 def _soft_min_snr(snr: Tensor, pred: str, gamma: float, **_: float) -> Tensor:
     if pred == "epsilon":
         return gamma / (snr + gamma)
-    if pred == "v_prediction":
+    if pred == "v":
         return gamma / ((snr + gamma) * (1.0 + 1.0 / snr))
     return gamma / (1.0 + gamma / snr)
 
@@ -71,7 +64,7 @@ def _p2(snr: Tensor, pred: str, gamma: float, k: float) -> Tensor:
     eps_weight = (k + snr) ** -gamma
     if pred == "epsilon":
         return eps_weight
-    if pred == "v_prediction":
+    if pred == "v":
         return eps_weight / (1.0 + 1.0 / snr)
     return snr * eps_weight
 
@@ -80,7 +73,7 @@ def _constant(snr: Tensor, pred: str, **_: float) -> Tensor:
     return torch.ones_like(snr)
 
 
-FORMULAS: dict[str, Callable[..., Tensor]] = {
+WEIGHTINGS: dict[str, Callable[..., Tensor]] = {
     "constant": _constant,
     "min-snr": _min_snr,
     "soft-min-snr": _soft_min_snr,
@@ -101,7 +94,7 @@ class LossWeighting:
             raise AntError("loss weighting expects a floating-point SNR tensor")
         if bool((snr < 0).any()) or bool(torch.isnan(snr).any()):
             raise AntError("SNR values must be >= 0 and not NaN")
-        return FORMULAS[self.name](snr, self.prediction, **self.params)
+        return WEIGHTINGS[self.name](snr, self.prediction, **self.params)
 
     def precompute(self, schedule: NoiseSchedule) -> Tensor:
         """The weight of every timestep 0..T-1 of `schedule` ([T], float64)."""
@@ -115,10 +108,9 @@ class LossWeighting:
 def build_weighting(spec: str, prediction: str = "epsilon") -> LossWeighting:
     """Parse 'min-snr', 'min-snr:5', 'min-snr:gamma=5', 'p2:gamma=0.5,k=1', 'soft-min-snr:4'."""
     name, _, args = spec.strip().partition(":")
-    if name not in FORMULAS:
-        raise AntError(f"unknown loss weighting {name!r}; choose from {', '.join(FORMULAS)}")
-    if prediction not in PREDICTIONS:
-        raise AntError(f"unknown prediction {prediction!r}; choose from {', '.join(PREDICTIONS)}")
+    if name not in WEIGHTINGS:
+        raise AntError(f"unknown loss weighting {name!r}; choose from {', '.join(WEIGHTINGS)}")
+    check_prediction(prediction)
     params = dict(DEFAULTS[name])
     for i, item in enumerate(a for a in args.split(",") if a.strip()):
         key, eq, value = item.partition("=")
@@ -136,9 +128,4 @@ def build_weighting(spec: str, prediction: str = "epsilon") -> LossWeighting:
         raise AntError(f"{name} gamma must be > 0, got {params['gamma']:g}")
     if "k" in params and not params["k"] > 0:
         raise AntError(f"p2 k must be > 0 (k = 0 is infinite at SNR = 0), got {params['k']:g}")
-    return LossWeighting(name, PREDICTIONS[prediction], params)
-
-
-def precompute(weighting: LossWeighting, schedule: NoiseSchedule) -> Tensor:
-    """[T] table of `weighting` over `schedule`'s timesteps (index it with t)."""
-    return weighting.precompute(schedule)
+    return LossWeighting(name, prediction, params)

@@ -1,6 +1,8 @@
-"""Timestep samplers that return (t, task_id): the task id travels with every sample.
+"""Timestep samplers (`--timestep-sampling`) that return (t, task_id): the task id travels with
+every sample.
 
-`stratified` is the paper's scheme (official code `util/uw_util.py`): B/k samples per interval,
+`uniform` is the usual L_simple sampling (Ho et al. 2020); `stratified` is the paper's scheme
+(Go et al. 2023, Sec. 5; official code `util/uw_util.py`): B/k samples per interval,
 t uniform inside it. When B is not divisible by k the remainder goes to randomly chosen intervals,
 so every interval keeps the same expected share. With intervals of unequal width this is NOT the
 uniform timestep distribution of L_simple; record the scheme with the run.
@@ -73,13 +75,17 @@ class RangeSampler:
         return t, self.partition.task_of(t)
 
 
-SAMPLERS = {"uniform": UniformSampler, "stratified": StratifiedSampler}
+TimestepSampler = UniformSampler | StratifiedSampler | RangeSampler
+TIMESTEP_SAMPLINGS = {"uniform": UniformSampler, "stratified": StratifiedSampler}
 
 
-def build_sampler(name: str, partition: IntervalPartition) -> UniformSampler | StratifiedSampler:
-    if name not in SAMPLERS:
-        raise AntError(f"unknown timestep sampling {name!r}; choose from {', '.join(SAMPLERS)}")
-    return SAMPLERS[name](partition)
+def build_timestep_sampler(name: str, partition: IntervalPartition) -> TimestepSampler:
+    """The timestep sampling `name` (`--timestep-sampling`) over the tasks of `partition`."""
+    if name not in TIMESTEP_SAMPLINGS:
+        raise AntError(
+            f"unknown timestep sampling {name!r}; choose from {', '.join(TIMESTEP_SAMPLINGS)}"
+        )
+    return TIMESTEP_SAMPLINGS[name](partition)
 
 
 def _check_batch(batch_size: int) -> None:

@@ -8,12 +8,15 @@ alpha_bar_t the cumulative product of (1 - beta_t):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
 
 from antdiff.errors import AntError
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler
 
 # Our names -> diffusers' beta_schedule names. linear is DDPM's 1e-4..0.02 (ADM, DiT);
 # cosine is Nichol & Dhariwal 2021; scaled-linear is the LDM / Stable Diffusion schedule.
@@ -64,6 +67,8 @@ class NoiseSchedule:
 
 
 def _ddpm(name: str, timesteps: int, zero_terminal_snr: bool) -> DDPMScheduler:
+    from diffusers import DDPMScheduler  # imported when needed: the CLI starts faster
+
     ldm = name == "scaled-linear"
     return DDPMScheduler(
         num_train_timesteps=timesteps,

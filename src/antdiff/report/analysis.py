@@ -1,24 +1,19 @@
-"""HTML sections for the analyses: task affinity (O1) and negative transfer (O2).
+"""Pages and tables of the analyses, from the JSON they write: task affinity (O1, affinity.json)
+and negative transfer (O2, transfer.json) of Go et al. (NeurIPS 2023).
 
 `affinity_section(dir)` and `transfer_section(dir)` return (heading, html) or None when the
-folder holds no result; the run report (antdiff.report.write_report) includes the affinity
-section of `RUN/affinity/`, and `write_experiment_report(dir)` writes a self-contained page for
-an experiment folder (transfer.json and/or affinity.json).
+folder holds no result; a run's report includes the affinity section of `RUN/affinity/`, and
+`write_experiment_report(dir)` writes a page for an experiment folder.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
+from typing import Any
 
-Section = tuple[str, str]
-
-
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}">'
+from antdiff.report.html import Section, img_file, page, table
 
 
 def affinity_section(folder: str | Path) -> Section | None:
@@ -28,8 +23,8 @@ def affinity_section(folder: str | Path) -> Section | None:
     if not info.is_file():
         return None
     s = json.loads(info.read_text())
-    sketch = "exact gradients" if s["sketch_dim"] == 0 else f"{s['projection']} sketch, dim "
-    sketch += "" if s["sketch_dim"] == 0 else str(s["sketch_dim"])
+    exact = s["sketch_dim"] == 0
+    sketch = "exact gradients" if exact else f"{s['projection']} sketch, dim {s['sketch_dim']}"
     text = (
         f"Cosine similarity of per-bin loss gradients (Go et al. 2023, Sec. 2.1) over "
         f"{s['bins']} timestep bins, averaged over checkpoints at steps "
@@ -39,26 +34,30 @@ def affinity_section(folder: str | Path) -> Section | None:
         f"<b>{s['spearman_gap_logsnr']:+.3f}</b> (O1 predicts negative)."
     )
     png = folder / "affinity.png"
-    return "Task affinity (O1)", f"<p>{text}</p>" + (_img(png) if png.is_file() else "")
+    return "Task affinity (O1)", f"<p>{text}</p>" + (img_file(png) if png.is_file() else "")
+
+
+def interval_labels(intervals: list[list[int]]) -> list[str]:
+    return [f"[{l},{r}]" for l, r in intervals]
+
+
+def transfer_rows(r: dict[str, Any], pm: str) -> list[list[str]]:
+    """Per interval: NTG, held-out gap, gap in %, specialist steps (mean `pm` std over seeds)."""
+    return [
+        [label, _pm(r["ntg"], j, 3, pm), _pm(r["heldout_gap"], j, 5, pm),
+         _pm(r["heldout_gap_pct"], j, 1, pm), str(r["specialist_steps"][j])]
+        for j, label in enumerate(interval_labels(r["intervals"]))
+    ]  # fmt: skip
 
 
 def transfer_section(folder: str | Path) -> Section | None:
     """NTG and held-out gap per interval from `transfer.json` in `folder`."""
-    from antdiff.analysis.transfer import gap_percent, interval_labels
-
     folder = Path(folder)
     path = folder / "transfer.json"
     if not path.is_file():
         return None
     r = json.loads(path.read_text())
     m = r["metric"].upper()
-    pct = gap_percent(r)
-    rows = "".join(
-        f"<tr><td>{label}</td><td>{_cell(r['ntg'], j, 3)}</td>"
-        f"<td>{_cell(r['heldout_gap'], j, 5)}</td><td>{_cell(pct, j, 1)}</td>"
-        f"<td>{r['specialist_steps'][j]}</td></tr>"
-        for j, label in enumerate(interval_labels(r["intervals"]))
-    )
     st = r["settings"]
     text = (
         f"NTG_j = {m}(specialist inside interval j, generalist elsewhere) - {m}(generalist); "
@@ -66,28 +65,28 @@ def transfer_section(folder: str | Path) -> Section | None:
         f"{html.escape(st['method'])}, {r['generalist_steps']} steps; budget {st['budget']}; "
         f"{st['num_samples']} samples, {st['sampler']} {st['sample_steps']} steps."
     )
-    table = (
-        f"<table><tr><th>interval</th><th>NTG ({m})</th><th>held-out gap</th>"
-        f"<th>gap %</th><th>specialist steps</th></tr>{rows}</table>"
-    )
+    header = ["interval", f"NTG ({m})", "held-out gap", "gap %", "specialist steps"]
+    body = table(header, transfer_rows(r, " &plusmn; "))
     png = folder / "transfer.png"
-    return "Negative transfer (O2)", f"<p>{text}</p>{table}" + (_img(png) if png.is_file() else "")
+    figure = img_file(png) if png.is_file() else ""
+    return "Negative transfer (O2)", f"<p>{text}</p>{body}{figure}"
 
 
-def _cell(stats: dict, j: int, digits: int) -> str:
+def summary_table(result: dict[str, Any]) -> str:
+    """Plain-text table of NTG and held-out gap per interval (mean +- std over seeds)."""
+    m = result["metric"].upper()
+    widths = (12, 18, 20, 14)
+    head = ["interval", f"NTG ({m})", "held-out gap", "gap %"]
+    lines = ["  ".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True))]
+    for row in transfer_rows(result, " +- "):
+        lines.append("  ".join(f"{c:>{w}}" for c, w in zip(row, widths, strict=False)))
+    return "\n".join(lines)
+
+
+def _pm(stats: dict[str, Any], j: int, digits: int, pm: str) -> str:
     std = stats["std"][j]
-    spread = "" if std is None else f" &plusmn; {std:.{digits}f}"
+    spread = "" if std is None else f"{pm}{std:.{digits}f}"
     return f"{stats['mean'][j]:+.{digits}f}{spread}"
-
-
-def page(title: str, summary: str, sections: list[Section]) -> str:
-    body = "".join(f"<h2>{h}</h2>{content}" for h, content in sections)
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}img{max-width:100%}"
-        "td,th{padding:0 8px;font-family:monospace}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1><p>{summary}</p>{body}</body></html>"
-    )
 
 
 def write_experiment_report(folder: str | Path) -> Path:

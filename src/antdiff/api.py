@@ -1,0 +1,113 @@
+"""The commands of the command line as library calls: train, sample, evaluate, export, affinity.
+
+`train` is fit -> samples -> report; the others open a finished (or running) run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from antdiff import build, distributed
+from antdiff.analysis.affinity import AffinityResult, run_affinity, save_affinity
+from antdiff.config import TrainConfig
+from antdiff.evaluate import Evaluator, generate_data
+from antdiff.export import export_pipeline
+from antdiff.models import count_parameters
+from antdiff.report import write_experiment_report, write_report
+from antdiff.rundir import RunDir
+from antdiff.sample_files import save_grid, save_samples
+from antdiff.train import Trainer
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> RunDir:
+    """Train (or resume) a run; then, on rank 0, draw samples and write the report."""
+    trainer = Trainer.start(cfg, resume=resume)
+    try:
+        run, parts = trainer.run, trainer.parts
+        if trainer.dist.main:
+            print(
+                f"{run.info.model} ({count_parameters(trainer.model) / 1e6:.2f}M parameters) "
+                f"on {cfg.dataset}, {parts.partition.k} tasks, {cfg.method}",
+                flush=True,
+            )
+            if cfg.eval_every:
+                trainer.evaluator = Evaluator(cfg, run.info, parts.schedule, num=cfg.eval_num,
+                                              sampler=cfg.sampler, steps=cfg.sample_steps,
+                                              guidance=cfg.guidance, seed=cfg.seed)  # fmt: skip
+        trainer.fit()
+        if trainer.dist.main:
+            with trainer.ema_weights() as model:
+                x = generate_data(
+                    model,
+                    cfg,
+                    run.info,
+                    parts.schedule,
+                    cfg.num_samples,
+                    sampler=cfg.sampler,
+                    steps=cfg.sample_steps,
+                    guidance=cfg.guidance,
+                    generator=_generator(cfg.seed),
+                )
+            save_grid(x, run.samples_png)
+            write_report(run)
+    finally:
+        distributed.teardown()
+    return run
+
+
+def sample(
+    run_dir: str | Path,
+    num: int,
+    out: str | Path,
+    *,
+    sampler: str = "ddim",
+    steps: int | None = None,
+    guidance: float = 1.0,
+    seed: int = 0,
+    device: str = "cpu",
+) -> Path:
+    """`num` samples of the run's EMA model written to `out` (.npz + .png, or .png)."""
+    run = RunDir.open(run_dir)
+    model = build.trained_model(run, device=str(distributed.resolve_device(device)))
+    x = generate_data(model, run.cfg, run.info, build.schedule(run.cfg), num, sampler=sampler,
+                      steps=steps, guidance=guidance, generator=_generator(seed))  # fmt: skip
+    return save_samples(x, out)
+
+
+def evaluate(run_dir: str | Path, device: str = "cpu", **settings: Any) -> dict[str, Any]:
+    """Evaluate the run's latest EMA model (settings: see `Evaluator`); the result goes into
+    the run's metrics.json and report."""
+    run = RunDir.open(run_dir)
+    model = build.trained_model(run, device=str(distributed.resolve_device(device)))
+    evaluator = Evaluator(run.cfg, run.info, build.schedule(run.cfg), **settings)
+    result = {"step": run.load_checkpoint().step, **evaluator(model)}
+    run.write_evaluation(result)
+    write_report(run)
+    return result
+
+
+def export(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """The run's EMA model as a diffusers directory (see antdiff.export)."""
+    run = RunDir.open(run_dir)
+    return export_pipeline(build.trained_model(run), build.schedule(run.cfg), out_dir,
+                           run.cfg.prediction, clip_sample=run.info.kind == "image",
+                           vae=run.info.vae)  # fmt: skip
+
+
+def affinity(run_dir: str | Path, out: str | Path | None = None, **settings: Any) -> tuple:
+    """Task affinity of the run (settings: see `run_affinity`), saved to `out` (default:
+    RUN/affinity, shown in the run's report); returns (result, .npz path, report path)."""
+    result: AffinityResult = run_affinity(run_dir, **settings)
+    if out is None:
+        run = RunDir.open(run_dir)
+        npz = save_affinity(result, run.affinity_dir)
+        return result, npz, write_report(run)
+    npz = save_affinity(result, out)
+    return result, npz, write_experiment_report(out)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,147 @@
+"""A run's components, built from its config: data, noise schedule, interval tasks, timestep
+sampler, model, multi-task method and fixed loss weighting. Nothing here writes a file.
+
+`components(cfg)` builds everything the training loop needs; the smaller builders serve
+sampling, evaluation and the analyses, so that each component is made in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from antdiff.config import RunInfo, TrainConfig, timestep_range
+from antdiff.data import Dataset, load_dataset
+from antdiff.diffusion import NoiseSchedule, build_weighting
+from antdiff.errors import AntError
+from antdiff.models import Denoiser, build_model
+from antdiff.mtl import MTLMethod, build_method
+from antdiff.rundir import Checkpoint, RunDir
+from antdiff.tasks import (
+    Clustering,
+    IntervalPartition,
+    RangeSampler,
+    TimestepSampler,
+    build_timestep_sampler,
+    clustering_from_spec,
+)
+
+
+def load_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
+    """(training set, held-out set or None); the held-out split never depends on the run seed."""
+    data = load_dataset(cfg.dataset, cfg.resolution, cfg.vae)
+    if cfg.conditional and data.labels is None:
+        raise AntError(f"--conditional needs labels, and {data.name} has none")
+    if cfg.heldout_size:
+        return data.split(cfg.heldout_size, seed=0)
+    return data, None
+
+
+def reference_data(cfg: TrainConfig) -> Dataset:
+    """All real samples in data space (pixels or points, never latents): what samples are
+    compared with."""
+    return load_dataset(cfg.dataset, cfg.resolution)
+
+
+def schedule(cfg: TrainConfig) -> NoiseSchedule:
+    return NoiseSchedule.from_name(cfg.schedule, cfg.timesteps)
+
+
+def clustering(cfg: TrainConfig, noise: NoiseSchedule) -> Clustering:
+    """The interval tasks of `--clusters`, by the exact DP on the run's schedule."""
+    return clustering_from_spec(cfg.clusters, noise)
+
+
+def auto_model(data: Dataset) -> str:
+    if data.kind == "points":
+        return "mlp"
+    return "unet-tiny" if data.size <= 16 else "unet-small"
+
+
+def run_info(cfg: TrainConfig, data: Dataset, tasks: Clustering) -> RunInfo:
+    """The run record: what sampling and export need to rebuild the model without the data."""
+    return RunInfo(
+        kind=data.kind,
+        shape=data.sample_shape,
+        num_classes=data.num_classes if cfg.conditional else 0,
+        model=auto_model(data) if cfg.model == "auto" else cfg.model,
+        vae=data.vae,
+        num_train=len(data),
+        partition=tasks.partition,
+        clustering_cost=tasks.cost,
+    )
+
+
+def timestep_sampler(cfg: TrainConfig, partition: IntervalPartition) -> TimestepSampler:
+    """`--timestep-sampling` over the tasks, or only `--timestep-range` (a specialist)."""
+    bounds = timestep_range(cfg)
+    if bounds is not None:
+        return RangeSampler(bounds, partition)
+    if cfg.batch_size < partition.k and cfg.timestep_sampling == "stratified":
+        raise AntError(
+            f"batch size {cfg.batch_size} is smaller than the number of tasks K="
+            f"{partition.k}: stratified sampling needs at least one sample per task"
+        )
+    return build_timestep_sampler(cfg.timestep_sampling, partition)
+
+
+def model(cfg: TrainConfig, info: RunInfo) -> Denoiser:
+    """The untrained model, initialised from the run's seed (identical on every rank)."""
+    torch.manual_seed(cfg.seed)
+    return build_model(info.model, channels=info.shape[0], size=info.size,
+                       num_classes=info.num_classes, **cfg.model_options)  # fmt: skip
+
+
+def trained_model(
+    run: RunDir, ckpt: Checkpoint | None = None, ema: bool = True, device: str = "cpu"
+) -> Denoiser:
+    """The run's model with the EMA (default) or raw weights of `ckpt` (default: the latest),
+    in eval mode."""
+    ckpt = ckpt or run.load_checkpoint()
+    net = model(run.cfg, run.info)
+    try:
+        net.load_state_dict({**ckpt.weights, **ckpt.ema} if ema else ckpt.weights)
+    except RuntimeError as e:
+        raise AntError(
+            f"checkpoint {ckpt.path} does not fit the run's model: {e}".splitlines()[0]
+        ) from None
+    return net.to(device).eval()
+
+
+def method(cfg: TrainConfig, num_tasks: int) -> MTLMethod:
+    return build_method(cfg.method, num_tasks, **cfg.method_options)
+
+
+def timestep_weights(cfg: TrainConfig, noise: NoiseSchedule) -> torch.Tensor:
+    """[T] fixed loss weight of every timestep (`--weighting`, e.g. Min-SNR), float32."""
+    return build_weighting(cfg.weighting, cfg.prediction).precompute(noise).float()
+
+
+@dataclass
+class Components:
+    """What the training loop is made of; `components(cfg)` builds them."""
+
+    data: Dataset
+    heldout: Dataset | None
+    info: RunInfo
+    schedule: NoiseSchedule
+    sampler: TimestepSampler
+    model: Denoiser
+    method: MTLMethod
+    timestep_weights: torch.Tensor
+
+    @property
+    def partition(self) -> IntervalPartition:
+        return self.info.partition
+
+
+def components(cfg: TrainConfig, info: RunInfo | None = None) -> Components:
+    """Everything a run trains with; `info` (a resumed run's record) fixes the tasks it chose."""
+    data, heldout = load_data(cfg)
+    noise = schedule(cfg)
+    info = info or run_info(cfg, data, clustering(cfg, noise))
+    sampler = timestep_sampler(cfg, info.partition)
+    net = model(cfg, info)
+    return Components(data, heldout, info, noise, sampler, net,
+                      method(cfg, info.partition.k), timestep_weights(cfg, noise))  # fmt: skip

@@ -1,0 +1,101 @@
+"""One self-contained HTML page per run, from the run's records only: samples, per-task losses and
+method weights, the interval tasks, the evaluation and any analysis of the run."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from antdiff import build
+from antdiff.report.analysis import affinity_section, interval_labels
+from antdiff.report.figures import plot_eval_curves, plot_partition, plot_task_curves
+from antdiff.report.html import Section, img_file, page, png, table
+from antdiff.rundir import RunDir
+
+# What each number of an evaluation means, in the order the report shows them.
+EVAL_ROWS = {
+    "fd": "Frechet distance on the project's classifier features (lower is better)",
+    "fd_halves": "floor: FD between two random halves of the real data",
+    "fd_noise": "ceiling: FD between the real data and uniform noise",
+    "precision": "improved precision (share of samples on the real manifold, k = 3)",
+    "recall": "improved recall (share of the real manifold covered, k = 3)",
+    "density": "density (Naeem et al. 2020)",
+    "coverage": "coverage (Naeem et al. 2020)",
+    "confidence": "mean classifier confidence on the samples",
+    "class_kl": "KL of the predicted class histogram from uniform (mode dropping)",
+    "accuracy": "classifier accuracy w.r.t. the intended labels (conditional models)",
+    "fid": "standard Inception FID",
+    "swd": "sliced Wasserstein distance to the true points (lower is better)",
+    "mmd2": "MMD^2 with RBF kernels (about 0 when equal in law)",
+    "loglik": "mean log-likelihood under the true mixture (nats per point)",
+    "in_3std": "share of samples within 3 std of a mode (true points: 0.989)",
+    "mode_tv": "total variation of the mode histogram from the mixture weights",
+}
+
+
+def evaluation_section(result: dict[str, Any]) -> Section:
+    """The evaluation as a person reads it: a table of the numbers, the held-out chart."""
+    rows = [[k, f"{result[k]:.4g}", html.escape(v)] for k, v in EVAL_ROWS.items()
+            if isinstance(result.get(k), float | int)]  # fmt: skip
+    how = (f"{result.get('num_samples', '?')} samples at step {result.get('step', '?')}, "
+           f"{result.get('sampler')} sampler, {result.get('sample_steps')} steps, guidance "
+           f"{result.get('guidance')}, seed {result.get('seed')}.")  # fmt: skip
+    body = f"<p>{html.escape(how)}</p>" + table(["metric", "value", "meaning"], rows)
+    heldout = result.get("heldout")
+    if heldout:
+        body += (f"<p>Held-out denoising loss (unweighted, on fixed image/t/noise triples from "
+                 f"images never trained on): {heldout['mean']:.5f} overall.</p>"
+                 + png(_heldout_bars(heldout["intervals"])))  # fmt: skip
+    return "Evaluation", body
+
+
+def _heldout_bars(intervals: list[dict[str, Any]]) -> Figure:
+    labels = interval_labels([iv["interval"] for iv in intervals])
+    mean = np.array([iv["mean"] for iv in intervals])
+    sem = np.array([iv["sem"] or 0.0 for iv in intervals])
+    fig = Figure(figsize=(6, 2.8))
+    ax = fig.subplots()
+    ax.bar(np.arange(len(mean)), mean, yerr=sem, capsize=3)
+    ax.set_xticks(np.arange(len(mean)), labels, fontsize=8)
+    ax.set(xlabel="interval of t", ylabel="held-out loss", yscale="log")
+    return fig
+
+
+def write_report(run: RunDir) -> Path:
+    """Write `report.html` of the run and return its path."""
+    cfg, info = run.cfg, run.info
+    rows = run.metrics()
+    sections: list[Section] = []
+    if run.samples_png.is_file():
+        sections.append(("Samples (EMA)", img_file(run.samples_png)))
+    train_rows = [r for r in rows if "task_losses" in r]
+    if train_rows:
+        fig = plot_task_curves(train_rows, "task_losses", "task loss", log=True)
+        sections.append(("Per-task loss", png(fig)))
+        fig = plot_task_curves(train_rows, "task_weights", "weight on task loss", log=False)
+        sections.append(("Method weights", png(fig)))
+    evals = [(r["step"], r["eval"]) for r in rows if "eval" in r]
+    if evals:
+        sections.append(("Evaluation over training", png(plot_eval_curves(evals))))
+    log_snr = build.schedule(cfg).snr_numpy(log=True)
+    fig = plot_partition(info.partition, log_snr, title=f"{info.clustering_cost} clustering")
+    sections.append(("Tasks: the partition over log-SNR", png(fig)))
+    result = run.evaluation()
+    if result:
+        sections.append(evaluation_section(result))
+    affinity = affinity_section(run.affinity_dir)
+    if affinity:
+        sections.append(affinity)
+    config = [[html.escape(k), html.escape(str(v))] for k, v in cfg.to_dict().items()]
+    sections.append(("Configuration", table(["key", "value"], config)))
+    last = train_rows[-1] if train_rows else {}
+    summary = (f"{html.escape(cfg.method)} on {html.escape(cfg.dataset)}, {info.partition.k} "
+               f"tasks ({html.escape(cfg.clusters)}, {cfg.timestep_sampling} timestep sampling, "
+               f"weighting {html.escape(cfg.weighting)}); step {last.get('step', 0)} of "
+               f"{cfg.steps}, final loss {last.get('loss', float('nan')):.4f}")  # fmt: skip
+    run.report_html.write_text(page(f"antdiff run {run.path.name}", summary, sections))
+    return run.report_html
