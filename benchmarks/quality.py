@@ -110,13 +110,14 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
     if old is not None and not resume:
         raise SystemExit(f"--reevaluate: {rdir} is gone (run directories are needed)")
     t_wall = time.perf_counter()
-    trainer = Trainer.start(cfg, resume=resume)
     setting = SETTINGS[args.dataset]
-    trainer.evaluator = evaluator(trainer, args, args.curve_num, setting.get("curve_guidance", 1.0))
-    trainer.fit()
-    with trainer.ema_weights() as model:
-        final = {str(g): evaluator(trainer, args, args.fd_num, g)(model)
-                 for g in setting.get("guidances", [1.0])}  # fmt: skip
+    curve_guidance = setting.get("curve_guidance", 1.0)
+    with Trainer.start(cfg, resume=resume) as trainer:
+        trainer.evaluator = evaluator(trainer, args, args.curve_num, curve_guidance)
+        trainer.fit()
+        with trainer.ema_weights() as model:
+            final = {str(g): evaluator(trainer, args, args.fd_num, g)(model)
+                     for g in setting.get("guidances", [1.0])}  # fmt: skip
     distributed.teardown()
     command = reproduce(args, [method], [seed])
     if old is not None:  # --reevaluate: only the final evaluation is new
@@ -141,7 +142,7 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    primary = final_eval(result, str(setting.get("curve_guidance", 1.0)))
+    primary = final_eval(result, str(curve_guidance))
     print(f"done {args.dataset} {method} seed {seed}: {primary} in {result['wall_seconds']}s")
     return result
 

@@ -13,7 +13,18 @@ ROOT = Path(__file__).parents[1] / "src" / "antdiff"
 # Bottom to top; a module may import its own layer's or lower layers' modules only.
 LAYERS = [
     {"errors"},
-    {"distributed", "checkpoint", "models", "sample_files", "data", "diffusion", "tasks", "mtl"},
+    {
+        "distributed",
+        "checkpoint",
+        "models",
+        "sample_files",
+        "data",
+        "diffusion",
+        "tasks",
+        "mtl",
+        "progress",
+        "signals",
+    },
     {"metrics"},
     {"config"},
     {"rundir"},

@@ -105,48 +105,11 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, method: str) -> None:
 
 def test_resume_rejects_an_incompatible_config(tmp_path) -> None:
     run(tmp_path, "r", steps=10)
-    with pytest.raises(AntError, match=r"another config .*lr"):
-        train(make_config({**FAST, "out": str(tmp_path / "r"), "steps": 20, "lr": 0.5}),
+    with pytest.raises(AntError, match=r"another config .*ema_decay"):
+        train(make_config({**FAST, "out": str(tmp_path / "r"), "steps": 20, "ema_decay": 0.5}),
               resume=True)  # fmt: skip
     with pytest.raises(AntError, match="already holds a run"):
         run(tmp_path, "r", steps=10)
-
-
-def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch) -> None:
-    calls = {"n": 0}
-    real = ckpt_mod.save_file
-
-    def flaky(tensors, path, *a, **k):
-        calls["n"] += 1
-        if calls["n"] > 2:  # the second checkpoint (two files each) hits a full disk
-            raise OSError(28, "No space left on device")
-        return real(tensors, path, *a, **k)
-
-    monkeypatch.setattr(ckpt_mod, "save_file", flaky)
-    with pytest.raises(AntError, match=r"No space left.*step_0000010 stays valid"):
-        run(tmp_path, "full", steps=20)
-    out = tmp_path / "full"
-    assert ckpt_mod.latest(out).name == "step_0000010"
-    assert not list((out / "checkpoints").glob(".tmp-*"))
-    ckpt_mod.load(ckpt_mod.latest(out))  # still loads
-
-
-def test_non_finite_loss_stops_after_saving(tmp_path, monkeypatch) -> None:
-    import antdiff.train as train_mod
-
-    real = train_mod.per_sample_loss
-    state = {"calls": 0}
-
-    def exploding(*a, **k):
-        state["calls"] += 1
-        loss = real(*a, **k)
-        return loss * float("inf") if state["calls"] > 6 else loss
-
-    monkeypatch.setattr(train_mod, "per_sample_loss", exploding)
-    with pytest.raises(AntError, match="stopped at step 6: non-finite"):
-        run(tmp_path, "nan", method="vanilla", steps=20)
-    weights = final_weights(tmp_path / "nan")
-    assert all(torch.isfinite(v).all() for v in weights.values())
 
 
 @pytest.mark.parametrize(

@@ -24,35 +24,34 @@ from antdiff.train import Trainer
 
 def train(cfg: TrainConfig, resume: bool = False) -> RunDir:
     """Train (or resume) a run; then, on rank 0, draw samples and write the report."""
-    trainer = Trainer.start(cfg, resume=resume)
     try:
-        run, parts = trainer.run, trainer.parts
-        if trainer.dist.main:
-            print(
-                f"{run.info.model} ({count_parameters(trainer.model) / 1e6:.2f}M parameters) "
-                f"on {cfg.dataset}, {parts.partition.k} tasks, {cfg.method}",
-                flush=True,
-            )
-            if cfg.eval_every:
-                trainer.evaluator = Evaluator(cfg, run.info, parts.schedule, num=cfg.eval_num,
-                                              sampler=cfg.sampler, steps=cfg.sample_steps,
-                                              guidance=cfg.guidance, seed=cfg.seed)  # fmt: skip
-        trainer.fit()
-        if trainer.dist.main:
-            with trainer.ema_weights() as model:
-                x = generate_data(
-                    model,
-                    cfg,
-                    run.info,
-                    parts.schedule,
-                    cfg.num_samples,
-                    sampler=cfg.sampler,
-                    steps=cfg.sample_steps,
-                    guidance=cfg.guidance,
-                    generator=_generator(cfg.seed),
-                )
-            save_grid(x, run.samples_png)
-            write_report(run)
+        with Trainer.start(cfg, resume=resume) as trainer:
+            run, parts = trainer.run, trainer.parts
+            if trainer.dist.main:
+                size = count_parameters(trainer.model) / 1e6
+                print(f"{run.info.model} ({size:.2f}M parameters) on {cfg.dataset}, "
+                      f"{parts.partition.k} tasks, {cfg.method}", flush=True)  # fmt: skip
+                if cfg.eval_every:
+                    trainer.evaluator = Evaluator(
+                        cfg, run.info, parts.schedule, num=cfg.eval_num, sampler=cfg.sampler,
+                        steps=cfg.sample_steps, guidance=cfg.guidance, seed=cfg.seed,
+                    )  # fmt: skip
+            trainer.fit()
+            if trainer.dist.main:
+                with trainer.ema_weights() as model:
+                    x = generate_data(
+                        model,
+                        cfg,
+                        run.info,
+                        parts.schedule,
+                        cfg.num_samples,
+                        sampler=cfg.sampler,
+                        steps=cfg.sample_steps,
+                        guidance=cfg.guidance,
+                        generator=_generator(cfg.seed),
+                    )
+                save_grid(x, run.samples_png)
+                write_report(run)
     finally:
         distributed.teardown()
     return run

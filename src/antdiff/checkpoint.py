@@ -51,13 +51,13 @@ def save(
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _write_atomic(root / "latest", name)
-    except OSError as e:
+    except Exception as e:  # OSError, torch's RuntimeError, SafetensorError: a full disk and kin
         shutil.rmtree(tmp, ignore_errors=True)
+        (root / "latest.tmp").unlink(missing_ok=True)
         prev = latest(run_dir, missing_ok=True)
         kept = f"; the previous checkpoint {prev} stays valid" if prev else ""
-        raise AntError(
-            f"could not write checkpoint at step {step} ({e.strerror or e}){kept}"
-        ) from e
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        raise AntError(f"could not write checkpoint at step {step} ({reason}){kept}") from None
     _prune(root, keep)
     return final
 
@@ -83,12 +83,20 @@ def latest(run_dir: str | Path, missing_ok: bool = False) -> Path | None:
 
 
 def load(path: Path) -> tuple[dict, dict, dict]:
-    """(weights, ema weights, state) of one checkpoint folder."""
+    """(weights, ema weights, state) of one checkpoint folder, each file verified: the weights'
+    safetensors header and data, the state through the safe `weights_only` unpickler."""
+    bad = f"checkpoint {path} is unreadable (truncated or corrupt"
+    try:
+        weights, ema = load_file(path / WEIGHTS), load_file(path / EMA)
+    except Exception:  # SafetensorError, OSError: truncated or not safetensors at all
+        raise AntError(f"{bad} weights)") from None
     try:
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
-        return load_file(path / WEIGHTS), load_file(path / EMA), state
-    except (OSError, RuntimeError) as e:
-        raise AntError(f"cannot read checkpoint {path}: {e}".splitlines()[0]) from None
+    except Exception:  # UnpicklingError, EOFError, RuntimeError, ...
+        raise AntError(f"{bad} {STATE})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise AntError(f"checkpoint {path} has a {STATE} without a training state")
+    return weights, ema, state
 
 
 def _complete(path: Path) -> bool:
@@ -106,5 +114,6 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _prune(root: Path, keep: int) -> None:
-    for old in sorted(root.glob("step_*"))[:-keep]:
+    """Keep the `keep` newest complete checkpoints (the one just written among them)."""
+    for old in sorted(p for p in root.glob("step_*") if _complete(p))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

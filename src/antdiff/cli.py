@@ -11,10 +11,11 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from antdiff.config import FIELDS, PRESETS, TrainConfig, resolve
+from antdiff.config import FIELDS, HELP, PRESETS, TrainConfig, read_config_file, resolve
 from antdiff.diffusion.samplers import SAMPLERS
 from antdiff.diffusion.schedule import SCHEDULES
-from antdiff.errors import AntError
+from antdiff.errors import AntError, Interrupted, out_of_memory
+from antdiff.rundir import read_config
 from antdiff.tasks import COSTS
 
 
@@ -51,8 +52,6 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    from antdiff.rundir import read_config
-
     flags = {name: getattr(args, name) for name in FIELDS}
     for key in ("model_options", "method_options"):
         if flags[key] is not None:
@@ -137,7 +136,6 @@ TRANSFER_FLAGS = ("dataset", "resolution", "model", "steps", "batch_size", "lr",
 
 def _transfer(args: argparse.Namespace) -> int:
     from antdiff.analysis.transfer import TransferPlan, run_transfer
-    from antdiff.config import read_config_file
     from antdiff.report import summary_table
 
     base = {**PRESETS.get(args.preset or "", {}),
@@ -160,6 +158,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump) and exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message.endswith("expected one argument"):  # e.g. --lr -1e-3
+            message += " (a value starting with '-' goes as --flag=VALUE)"
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -182,12 +182,12 @@ def _add_config_flags(p: argparse.ArgumentParser, names: Sequence[str] = tuple(F
         kind = hints[name]
         base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
         default = f.default if f.default is not dataclasses.MISSING else "{}"
+        text = f"{HELP[name]} (default {default})".replace("%", "%%")
         if base is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"(default {default})")  # fmt: skip
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             conv = str if base is dict or typing.get_origin(base) is dict else base
-            p.add_argument(flag, type=conv, default=None, dest=name, help=f"(default {default})")
+            p.add_argument(flag, type=conv, default=None, dest=name, help=text)
 
 
 def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
@@ -300,12 +300,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; what a user can fix is one line on stderr and a non-zero status: 2 for
+    bad input or a failed write, 130/143 for a run stopped by SIGINT/SIGTERM."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except Interrupted as e:
+        message, code = str(e), e.code
     except AntError as e:
-        print(f"antdiff {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        message, code = str(e), 2
+    except OSError as e:  # a write or read the system refused (permissions, a full disk, ...)
+        message, code = f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), 2
+    except KeyboardInterrupt:
+        message, code = "interrupted", 130
+    except RuntimeError as e:
+        if not out_of_memory(e):
+            raise
+        message, code = "out of memory: lower --batch-size (or --resolution, the model)", 2
+    print(f"antdiff {args.command}: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

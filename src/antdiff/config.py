@@ -24,55 +24,56 @@ from antdiff.diffusion.schedule import SCHEDULES
 from antdiff.diffusion.weighting import build_weighting
 from antdiff.errors import AntError
 from antdiff.mtl import METHODS, TORCHJD_PREFIX, check_method
-from antdiff.tasks import TIMESTEP_SAMPLINGS, ClusterSpec, IntervalPartition
+from antdiff.tasks import TIMESTEP_SAMPLINGS, ClusterSpec, IntervalPartition, check_size
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
 class TrainConfig:
+    """Everything that determines a run; HELP says what each field means."""
+
     # data and model
-    dataset: str = "digits"  # digits | toy:NAME | folder:PATH | npz:PATH | mnist:DIR
-    resolution: int | None = None  # resize images to this side length
-    vae: str | None = None  # AutoencoderKL path: train in its latent space (LDM-like)
-    holdout: int | None = None  # images kept out of training for the held-out loss; None: 300
-    # for digits, 0 otherwise
-    model: str = "auto"  # auto (by data shape) or a name of antdiff.models.list_models()
+    dataset: str = "digits"
+    resolution: int | None = None
+    vae: str | None = None
+    holdout: int | None = None
+    model: str = "auto"
     model_options: dict[str, Any] = field(default_factory=dict)
-    conditional: bool = False  # class-conditional (needs labels); CFG at sampling
-    label_dropout: float = 0.1  # probability of the null label while training (CFG)
+    conditional: bool = False
+    label_dropout: float = 0.1
     # diffusion
-    schedule: str = "linear"  # linear | cosine | scaled-linear
+    schedule: str = "linear"
     timesteps: int = 1000
-    prediction: str = "epsilon"  # epsilon | v | sample
+    prediction: str = "epsilon"
     # ANT: tasks and the multi-task method
-    clusters: str = "timestep:5"  # timestep:K | snr:K | log-snr:K | affinity:K:FILE.npy
-    timestep_sampling: str = "stratified"  # stratified (B/K per interval, the paper) | uniform
-    timestep_range: str | None = None  # "L:R": train only on t in [L, R] (a specialist, O2)
-    method: str = "uw"  # vanilla | min-snr | p2 | mean | uw | famo | pcgrad | nash | torchjd:NAME
+    clusters: str = "timestep:5"
+    timestep_sampling: str = "stratified"
+    timestep_range: str | None = None
+    method: str = "uw"
     method_options: dict[str, Any] = field(default_factory=dict)
-    weighting: str = "constant"  # constant | min-snr[:gamma] | p2[:gamma=,k=] | soft-min-snr
+    weighting: str = "constant"
     # optimisation
     steps: int = 2000
-    batch_size: int = 64  # the GLOBAL batch, split across processes
+    batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
-    grad_clip: float | None = None  # None: the method's default (Nash-MTL 1.0), else off
+    grad_clip: float | None = None
     ema_decay: float = 0.999
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16/bf16 need a GPU)
+    precision: str = "fp32"
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"
     # outputs
     out: str = "runs/run"
     log_every: int = 50
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
-    num_samples: int = 64  # samples drawn at the end of training
-    sampler: str = "ddim"  # reverse-diffusion sampler: ddpm | ddim | dpm++
+    num_samples: int = 64
+    sampler: str = "ddim"
     sample_steps: int = 50
     guidance: float = 1.0
-    eval_every: int = 0  # evaluate the EMA model every N steps (0: never), into metrics.jsonl
-    eval_num: int = 500  # samples per evaluation
+    eval_every: int = 0
+    eval_num: int = 500
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,6 +85,45 @@ class TrainConfig:
         return 300 if self.dataset == "digits" else 0
 
 
+HELP = {
+    "dataset": "digits | toy:NAME | folder:PATH | npz:PATH | mnist:DIR (IDX files)",
+    "resolution": "resize images to this side length",
+    "vae": "a diffusers AutoencoderKL folder: train in its latent space (LDM)",
+    "holdout": "samples kept out of training for the held-out loss (digits: 300, else 0)",
+    "model": "auto (by data shape), unet-tiny, unet-small, unet-base, dit-tiny, dit-s, mlp",
+    "model_options": "JSON object overriding the model's diffusers config",
+    "conditional": "class-conditional (needs labels); classifier-free guidance at sampling",
+    "label_dropout": "probability of the null label while training (classifier-free guidance)",
+    "schedule": "noise schedule: linear | cosine | scaled-linear",
+    "timesteps": "number of diffusion timesteps T",
+    "prediction": "what the network predicts: epsilon | v | sample",
+    "clusters": "the interval tasks, COST:K: timestep:K | snr:K | log-snr:K | affinity:K:FILE",
+    "timestep_sampling": "stratified (B/K per interval, the paper) | uniform",
+    "timestep_range": "L:R: train on t in [L, R] only (a specialist, for O2)",
+    "method": "uw | pcgrad | nash | famo | mean | torchjd:NAME; baselines vanilla | min-snr | p2",
+    "method_options": "JSON object of the method's options, e.g. '{\"lr\": 0.025}' for uw",
+    "weighting": "fixed loss weighting: constant | min-snr[:gamma] | p2[:gamma=,k=] | soft-min-snr",
+    "steps": "training steps",
+    "batch_size": "the GLOBAL batch, split across processes",
+    "lr": "AdamW learning rate of the model",
+    "weight_decay": "AdamW weight decay of the model",
+    "grad_clip": "clip the gradient norm (default: the method's, Nash-MTL 1.0; else none)",
+    "ema_decay": "decay of the EMA weights that sampling uses",
+    "precision": "fp32 | bf16 | fp16 (bf16 and fp16 need a GPU)",
+    "seed": "seed of the weights, the batches and the samples",
+    "device": "auto | cpu | cuda | cuda:N",
+    "out": "the run directory",
+    "log_every": "write a metrics.jsonl row every N steps",
+    "checkpoint_every": "save a checkpoint every N steps",
+    "keep_checkpoints": "checkpoints kept on disk (the newest)",
+    "num_samples": "samples drawn at the end of training (samples.png)",
+    "sampler": "reverse-diffusion sampler: ddpm | ddim | dpm++",
+    "sample_steps": "sampling steps",
+    "guidance": "classifier-free guidance scale of the samples",
+    "eval_every": "evaluate the EMA model every N steps into metrics.jsonl (0: never)",
+    "eval_num": "samples per evaluation",
+}
+
 # Named starting points; any flag overrides them.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {"dataset": "digits", "method": "uw", "clusters": "timestep:5", "steps": 3000,
@@ -93,9 +133,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "toy": {"dataset": "toy:gaussians8", "model": "mlp", "steps": 5000, "batch_size": 1024,
             "lr": 1e-3, "num_samples": 2000, "log_every": 250, "sampler": "ddpm",
             "sample_steps": 1000},
-    "mnist": {"dataset": "mnist:DIR", "model": "unet-small", "steps": 20000, "batch_size": 128,
-              "lr": 2e-4, "checkpoint_every": 2000},
+    "mnist": {"model": "unet-small", "steps": 20000, "batch_size": 128, "lr": 2e-4,
+              "checkpoint_every": 2000},
 }  # fmt: skip
+PRESET_NEEDS = {"mnist": ("dataset", "--dataset mnist:PATH (a folder of MNIST IDX files)")}
 
 # The baselines as `--method` names. "vanilla" is L_simple everywhere in antdiff: uniform
 # timesteps and the plain mean loss (Ho et al. 2020); min-snr and p2 are vanilla with that
@@ -127,6 +168,9 @@ def resolve(
     if file:
         values.update(read_config_file(file))
     values.update({k: v for k, v in flags.items() if v is not None})
+    key, what = PRESET_NEEDS.get(preset or "", (None, ""))
+    if key is not None and key not in values:
+        raise AntError(f"--preset {preset} needs {what}")
     return make_config(values)
 
 
@@ -200,6 +244,11 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.eval_every >= 0 and cfg.eval_num >= 2, "eval_every must be >= 0, eval_num >= 2"),
         (cfg.num_samples >= 1, f"num_samples must be >= 1, got {cfg.num_samples}"),
         (cfg.sample_steps >= 1, f"sample_steps must be >= 1, got {cfg.sample_steps}"),
+        (
+            cfg.sample_steps <= cfg.timesteps,
+            f"sample_steps ({cfg.sample_steps}) must be <= timesteps ({cfg.timesteps})",
+        ),
+        (math.isfinite(cfg.guidance), "guidance must be a finite number"),
         (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip must be > 0 (or unset)"),
         (cfg.resolution is None or cfg.resolution >= 1, "resolution must be >= 1"),
     ]
@@ -215,6 +264,7 @@ def validate(cfg: TrainConfig) -> None:
     ):
         if value not in names:
             raise AntError(f"unknown {name} {value!r}; choose from {', '.join(names)}")
+    check_size(cfg.timesteps)
     spec = ClusterSpec.parse(cfg.clusters)
     if spec.k > cfg.timesteps:
         raise AntError(f"--clusters {cfg.clusters}: K must be <= timesteps ({cfg.timesteps})")
@@ -242,9 +292,12 @@ def timestep_range(cfg: TrainConfig) -> tuple[int, int] | None:
 
 
 def read_config_file(path: str) -> dict[str, Any]:
+    """The settings of a JSON (.json) or TOML (.toml) file."""
     p = Path(path)
     if not p.is_file():
         raise AntError(f"config file not found: {p}")
+    if p.suffix not in (".json", ".toml"):
+        raise AntError(f"config file {p} must be JSON (.json) or TOML (.toml)")
     try:
         if p.suffix == ".toml":
             return tomllib.loads(p.read_text())

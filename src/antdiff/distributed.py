@@ -29,6 +29,18 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
+    def max_int(self, value: int) -> int:
+        """The largest `value` over the ranks (every rank gets it)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.long, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def all_true(self, ok: bool) -> bool:
+        """Whether `ok` holds on every rank."""
+        return self.max_int(0 if ok else 1) == 0
+
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """auto (CUDA when available), cpu, cuda or cuda:N."""

@@ -1,9 +1,41 @@
 """Exceptions for what a user can fix: the CLI prints the message on one line and exits 2."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 
 class AntError(ValueError):
     """Invalid input from a user (file, flag, config); never a bug in antdiff itself."""
 
 
 class NonFiniteError(AntError):
-    """A training step produced a non-finite loss or gradient (lower the learning rate)."""
+    """A training step produced a non-finite loss, gradient or weights (lower the learning rate)."""
+
+
+class Interrupted(AntError):
+    """Training stopped by a signal after saving a checkpoint; `code` is the exit status
+    (128 + signal number: 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is torch running out of memory (CUDA has a type; the CPU allocator raises
+    a RuntimeError that only its message tells apart)."""
+    if type(error).__name__ == "OutOfMemoryError" or isinstance(error, MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """A failed write (read-only place, full disk, a path under a file) as one AntError line."""
+    try:
+        yield
+    except OSError as e:
+        raise AntError(f"cannot write {path}: {e.strerror or e}") from None

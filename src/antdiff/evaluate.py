@@ -72,6 +72,8 @@ def generate_data(
     if info.kind == "latent":
         assert info.vae is not None
         x = decode_latents(x, info.vae)
+    if not bool(torch.isfinite(x).all()):
+        raise AntError("the model's samples are not finite (NaN or inf): its weights diverged")
     return x
 
 

@@ -8,16 +8,22 @@
     RUN/samples.png       samples of the final EMA model
     RUN/report.html       the run's page (report/)
     RUN/affinity/         `antdiff affinity` results for this run
+    RUN/.lock             locked by the process training the run (its pid and host inside)
 
-Every other module asks a `RunDir` for these records or paths; JSON records are written
-atomically (a temporary file renamed), so a crash never leaves half a config.
+Every other module asks a `RunDir` for these records or paths. JSON records are written
+atomically (a temporary file renamed), so a crash or a full disk never leaves half a config; a
+write that fails is one AntError line. Loading falls back from an unreadable checkpoint to the
+newest readable one, with a warning line.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,7 @@ import torch
 
 from antdiff import checkpoint
 from antdiff.config import RunInfo, TrainConfig, make_config
-from antdiff.errors import AntError
+from antdiff.errors import AntError, writing
 
 # Keys renamed since older run directories were written: old name -> new name.
 LEGACY_KEYS = {"sampling": "timestep_sampling"}
@@ -51,6 +57,7 @@ class RunDir:
 
     def __init__(self, path: str | Path, cfg: TrainConfig, info: RunInfo) -> None:
         self.path, self.cfg, self.info = Path(path), cfg, info
+        self._lock: int | None = None  # the open, flock-ed RUN/.lock while this RunDir holds it
 
     # ------------------------------------------------------------------ open / create
     @classmethod
@@ -61,25 +68,68 @@ class RunDir:
 
     @classmethod
     def create(cls, path: str | Path, cfg: TrainConfig, info: RunInfo) -> RunDir:
-        """Start a fresh run in `path`: refuses a folder that already holds a run."""
+        """Start a fresh run in `path` (locked, see `lock`): refuses a folder that holds any
+        run file; a failed write leaves no run file behind."""
         path = Path(path)
-        if (path / "config.json").is_file() or checkpoint.latest(path, missing_ok=True):
-            raise AntError(f"{path} already holds a run; pass --resume or another --out")
+        make_dir(path)
         run = cls(path, cfg, info)
-        path.mkdir(parents=True, exist_ok=True)
-        run.write_config(cfg)
-        _write_atomic(path / "run.json", json.dumps(info.to_dict(), indent=1))
-        _write_atomic(path / "metrics.jsonl", "")
+        run.lock()
+        found = [name for name in RUN_FILES if (path / name).exists()]
+        if found:
+            run.unlock()
+            raise AntError(f"{path} already holds a run ({found[0]}): --resume, or another --out")
+        try:
+            _write_atomic(path / "run.json", json.dumps(info.to_dict(), indent=1))
+            _write_atomic(path / "metrics.jsonl", "")
+            run.write_config(cfg)  # last: a folder with config.json is a complete fresh run
+        except AntError:
+            for name in ("run.json", "metrics.jsonl"):
+                (path / name).unlink(missing_ok=True)
+            run.unlock()
+            raise
         return run
+
+    # ------------------------------------------------------------------ the lock
+    def lock(self) -> None:
+        """Take the run's lock for this process, or refuse (one line) when another process
+        holds it. An OS lock (flock) on RUN/.lock, which records the holder's pid and host: the
+        kernel releases it when its process dies, so a killed run never blocks the next one."""
+        if self._lock is not None:
+            return
+        file = self.path / ".lock"
+        with writing(file):
+            fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 256).decode(errors="replace") or "another process"
+            os.close(fd)
+            raise AntError(f"{self.path} is in use by {holder}; wait for it to end") from None
+        self._lock = fd
+        try:
+            with writing(file):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+        except AntError:
+            self.unlock()
+            raise
+
+    def unlock(self) -> None:
+        """Release the lock if this RunDir holds it."""
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            os.close(self._lock)
+            self._lock = None
 
     def write_config(self, cfg: TrainConfig) -> None:
         """Record `cfg` (a resumed run may change its steps or outputs)."""
-        self.cfg = cfg
         _write_atomic(self.path / "config.json", json.dumps(cfg.to_dict(), indent=1))
+        self.cfg = cfg
 
     # ------------------------------------------------------------------ metrics
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
+        path = self.path / "metrics.jsonl"
+        with writing(path), open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -121,8 +171,12 @@ class RunDir:
     ) -> Path:
         return checkpoint.save(self.path, step, weights, ema, state, keep=keep)
 
+    def latest_checkpoint(self) -> Path | None:
+        """The folder of the newest complete checkpoint, or None."""
+        return checkpoint.latest(self.path, missing_ok=True)
+
     def has_checkpoint(self) -> bool:
-        return checkpoint.latest(self.path, missing_ok=True) is not None
+        return self.latest_checkpoint() is not None
 
     def checkpoints(self) -> list[Path]:
         """Every complete checkpoint, oldest first."""
@@ -150,10 +204,30 @@ class RunDir:
         return chosen
 
     def load_checkpoint(self, path: Path | None = None) -> Checkpoint:
-        """A checkpoint of this run (default: the latest)."""
-        path = path or checkpoint.latest(self.path)
-        weights, ema, state = checkpoint.load(path)
-        return Checkpoint(path, weights, ema, state)
+        """A checkpoint of this run: `path`, or the newest readable one (a newer one that cannot
+        be read, say truncated when the disk filled, gets a warning line and is skipped)."""
+        if path is not None:
+            return Checkpoint(path, *checkpoint.load(path))
+        latest = checkpoint.latest(self.path)
+        order = [latest, *(p for p in reversed(self.checkpoints()) if p != latest)]
+        for i, candidate in enumerate(order):
+            try:
+                ckpt = Checkpoint(candidate, *checkpoint.load(candidate))
+            except AntError as e:
+                if i == len(order) - 1:
+                    raise AntError(f"no readable checkpoint in {self.path}: {e}") from None
+                print(f"antdiff: warning: {e}; using an older one", file=sys.stderr)
+                continue
+            return ckpt
+        raise AntError(f"no checkpoint in {checkpoint.folder(self.path)}")
+
+    def set_aside_after(self, step: int) -> None:
+        """Move checkpoints newer than `step` (unreadable ones a resume skipped) out of the way,
+        to checkpoints/unreadable-step_N, so that pruning never removes the good ones."""
+        for p in checkpoint.folder(self.path).glob("step_*"):
+            if checkpoint.step_of(p) > step:
+                with writing(p):
+                    os.replace(p, p.with_name(f"unreadable-{p.name}"))
 
     # ------------------------------------------------------------------ other files
     @property
@@ -167,6 +241,19 @@ class RunDir:
     @property
     def affinity_dir(self) -> Path:
         return self.path / "affinity"
+
+
+RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "checkpoints")
+
+
+def make_dir(path: Path) -> None:
+    """Create the folder `path` (and its parents), or say in one line why it cannot be."""
+    if path.exists() and not path.is_dir():
+        raise AntError(f"{path} is a file, not a folder")
+    with writing(path):
+        path.mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK):
+        raise AntError(f"cannot write {path}: permission denied")
 
 
 def read_config(path: str | Path) -> TrainConfig:
@@ -192,5 +279,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with writing(path):
+            tmp.write_text(text)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

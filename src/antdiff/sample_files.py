@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from antdiff.errors import AntError
+from antdiff.errors import AntError, writing
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -92,10 +92,14 @@ def save_npz(
 
 
 def save_samples(x: torch.Tensor, out: str | Path, labels: torch.Tensor | None = None) -> Path:
-    """FILE.npz and a picture beside it (FILE.png), or just the picture for a .png path."""
+    """FILE.npz and a picture beside it (FILE.png), or just the picture for a .png path; a
+    folder or a path that cannot be written is one AntError line."""
     out = Path(out)
-    if out.suffix == ".png":
-        return save_grid(x, out)
-    npz = save_npz(out.with_suffix(".npz"), x, labels)
-    save_grid(x, out.with_suffix(".png"))
+    if out.is_dir():
+        raise AntError(f"--out {out} is a folder; give a file name such as {out / 'samples.npz'}")
+    with writing(out):
+        if out.suffix == ".png":
+            return save_grid(x, out)
+        npz = save_npz(out.with_suffix(".npz"), x, labels)
+        save_grid(x, out.with_suffix(".png"))
     return npz

@@ -11,7 +11,7 @@ task id inside the engine; the method turns the K task losses or gradients into 
 from __future__ import annotations
 
 import math
-import sys
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,14 +28,19 @@ from antdiff import build, distributed
 from antdiff.build import Components
 from antdiff.config import TrainConfig
 from antdiff.diffusion import per_sample_loss
-from antdiff.errors import AntError, NonFiniteError
+from antdiff.errors import AntError, Interrupted, NonFiniteError
 from antdiff.mtl import mtl_after_step, mtl_backward
+from antdiff.progress import Progress
 from antdiff.rundir import RunDir
+from antdiff.signals import StopSignals
 from antdiff.tasks import TimestepSampler
 
-# Config keys that may change on --resume (they do not change what is being trained).
-RESUMABLE = {"steps", "out", "log_every", "checkpoint_every", "keep_checkpoints", "num_samples",
-             "sampler", "sample_steps", "guidance", "device", "eval_every", "eval_num"}  # fmt: skip
+# Config keys that change only the outputs of a run, never its weights.
+OUTPUTS = {"out", "log_every", "checkpoint_every", "keep_checkpoints", "num_samples", "sampler",
+           "sample_steps", "guidance", "device", "eval_every", "eval_num"}  # fmt: skip
+# What may change on --resume: outputs, the steps, and the learning rate and clipping (to
+# continue a run that diverged with a lower --lr).
+RESUMABLE = OUTPUTS | {"steps", "lr", "grad_clip"}
 
 #: Evaluates a model (the EMA weights, in eval mode) and returns JSON-friendly metrics.
 EvalFn = Callable[[nn.Module], dict[str, Any]]
@@ -98,8 +103,6 @@ class Trainer:
             lr=cfg.lr, weight_decay=cfg.weight_decay,
         )  # fmt: skip
         self.ema = EMAModel(self.model.parameters(), decay=cfg.ema_decay)
-        if cfg.precision != "fp32" and dev.type != "cuda":
-            raise AntError(f"--precision {cfg.precision} needs a GPU; use fp32 on the CPU")
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.clip = cfg.grad_clip or self.method.default_max_grad_norm
         self.x = parts.data.x.to(dev)
@@ -117,21 +120,44 @@ class Trainer:
         cls, cfg: TrainConfig, resume: bool = False, evaluate: EvalFn | None = None
     ) -> Trainer:
         """A trainer for a fresh run in `cfg.out`, or for the run there (`resume`; a run that
-        stopped before its first checkpoint starts again from step 0)."""
+        stopped before its first checkpoint starts again from step 0). Rank 0 holds the run's
+        lock until `close()` (or the end of a `with` block)."""
         dist = distributed.setup(cfg.device)
+        if cfg.precision != "fp32" and dist.device.type != "cuda":
+            raise AntError(f"--precision {cfg.precision} needs a GPU; use fp32 on the CPU")
         if resume:
             run = RunDir.open(cfg.out)
             check_resumable(run.cfg, cfg)
-            trainer = cls(cfg, build.components(cfg, run.info), run, dist, evaluate)
-            trainer.restore()
-            return trainer
-        parts = build.components(cfg)
-        if dist.main:
-            run = RunDir.create(cfg.out, cfg, parts.info)
-        dist.barrier()
-        if not dist.main:
-            run = RunDir(cfg.out, cfg, parts.info)
-        return cls(cfg, parts, run, dist, evaluate)
+            parts = build.components(cfg, run.info)
+            if dist.main:
+                run.lock()
+        else:
+            parts = build.components(cfg)
+            if dist.main:
+                run = RunDir.create(cfg.out, cfg, parts.info)  # locked
+            dist.barrier()
+            if not dist.main:
+                run = RunDir(cfg.out, cfg, parts.info)
+        try:
+            trainer = cls(cfg, parts, run, dist, evaluate)
+            if resume:
+                trainer.restore()
+        except BaseException:
+            if dist.main:
+                run.unlock()
+            raise
+        return trainer
+
+    def close(self) -> None:
+        """Release the run's lock."""
+        if self.dist.main:
+            self.run.unlock()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ checkpoints
     def restore(self) -> None:
@@ -143,6 +169,8 @@ class Trainer:
             self.dist.barrier()
             return
         ckpt = self.run.load_checkpoint()
+        if self.cfg.steps < ckpt.step:
+            raise AntError(f"{self.run.path} is at step {ckpt.step}: --steps must be >= that")
         try:
             self.model.load_state_dict(ckpt.weights)
             self.method.load_state_dict(ckpt.state["method"])
@@ -151,6 +179,8 @@ class Trainer:
             raise AntError(
                 f"checkpoint {ckpt.path} does not fit this model: {e}".splitlines()[0]
             ) from None
+        self.optimizer.param_groups[0]["lr"] = self.cfg.lr  # the model's group; a method's own
+        # groups (UW's log-variances) keep their learning rate
         names = [n for n, _ in self.model.named_parameters()]
         self.ema.load_state_dict(
             {**ckpt.state["ema"], "shadow_params": [ckpt.ema[n] for n in names]}
@@ -161,6 +191,7 @@ class Trainer:
         torch.set_rng_state(ckpt.state["rng"]["torch"])
         self.step = ckpt.step
         if self.dist.main:
+            self.run.set_aside_after(self.step)
             self.run.truncate_metrics(self.step)
             if self.cfg != self.run.cfg:
                 self.run.write_config(self.cfg)
@@ -169,7 +200,15 @@ class Trainer:
         self.seconds = logged[-1] if logged else 0.0
 
     def save(self) -> None:
-        """A checkpoint of the current state (rank 0 writes it)."""
+        """A checkpoint of the current state (rank 0 writes it), only of a state whose weights
+        are finite and give a finite loss on the next batch: a run that diverges never replaces
+        its last good checkpoint (with fp16, only the weights are checked: GradScaler skips
+        overflowing steps by design)."""
+        if not self._finite_state():
+            raise NonFiniteError(
+                f"stopped at step {self.step}: the weights give a non-finite loss; "
+                f"{self._last_good()}"
+            )
         if not self.dist.main:
             self.dist.barrier()
             return
@@ -246,8 +285,10 @@ class Trainer:
             info = mtl_backward(self.method, loss_fn, batch.task[local], counts, self.net,
                                 self.scaler)  # fmt: skip
         except NonFiniteError as e:
-            self.save()
-            raise NonFiniteError(f"stopped at step {self.step}: {e}; last checkpoint saved") from e
+            raise NonFiniteError(
+                f"stopped at step {self.step}: the loss or its gradient is not finite; "
+                f"{self._last_good()}"
+            ) from e
         if info.finite:
             if self.clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
@@ -261,12 +302,38 @@ class Trainer:
                 "task_weights": _floats(info.task_weights), "finite": info.finite,
                 "lr": self.optimizer.param_groups[0]["lr"]}  # fmt: skip
 
+    def _finite_state(self) -> bool:
+        """Weights finite and, without fp16 scaling, the next batch's losses too (all ranks)."""
+        params = [p.detach() for p in self.model.parameters()]
+        ok = bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all())
+        if ok and self.scaler is None:
+            cfg, parts = self.cfg, self.parts
+            batch = draw_batch(cfg, len(parts.data), parts.info.shape, parts.sampler, self.step)
+            local = self.dist.local_slice(cfg.batch_size)
+            with torch.no_grad():
+                losses = self.loss_fn(batch, local)(torch.arange(len(local)))
+            ok = bool(torch.isfinite(losses).all())
+        return self.dist.all_true(ok)
+
+    def _last_good(self) -> str:
+        last = self.run.latest_checkpoint()
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+        return f"{where}; continue with --resume and a lower --lr"
+
     def fit(self) -> RunDir:
-        """Train to `cfg.steps`: log, checkpoint and evaluate on schedule; returns the run."""
+        """Train to `cfg.steps`: log, checkpoint and evaluate on schedule; returns the run.
+        SIGINT or SIGTERM stop it after the current step with a checkpoint (`Interrupted`)."""
         cfg = self.cfg
         progress = Progress(cfg.steps, self.step, self.seconds, enabled=self.dist.main)
         if cfg.eval_every and self.step == 0:
             progress.exclude(self._timed(self.evaluate, 0.0))  # the curve starts at initialisation
+        with StopSignals() as stop:
+            self._loop(progress, stop)
+        progress.close()
+        return self.run
+
+    def _loop(self, progress: Progress, stop: StopSignals) -> None:
+        cfg = self.cfg
         skipped = 0
         while self.step < cfg.steps:
             row = self.train_step()
@@ -280,53 +347,20 @@ class Trainer:
                 self.save()
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 progress.exclude(self._timed(self.evaluate, progress.elapsed))
-        progress.close()
-        return self.run
+            signum = self.dist.max_int(stop.signum)
+            if signum:
+                if self.step % cfg.checkpoint_every and self.step != cfg.steps:
+                    self.save()
+                progress.close()
+                name = signal.Signals(signum).name
+                raise Interrupted(f"stopped by {name} at step {self.step}; checkpoint saved, "
+                                  "continue with --resume", 128 + signum)  # fmt: skip
 
     @staticmethod
     def _timed(fn: Callable[[float], None], seconds: float) -> float:
         start = time.perf_counter()
         fn(seconds)
         return time.perf_counter() - start
-
-
-class Progress:
-    """A one-line progress bar with rate and ETA on a terminal; plain log lines otherwise."""
-
-    def __init__(self, total: int, start: int, seconds: float = 0.0, enabled: bool = True) -> None:
-        self.total, self.start, self.enabled = total, start, enabled
-        self.t0 = time.perf_counter() - seconds
-        self.seconds = seconds
-        self.tty = sys.stdout.isatty()
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds of training so far, across resumes (evaluations excluded): the `time` in
-        metrics.jsonl."""
-        return round(time.perf_counter() - self.t0, 3)
-
-    def exclude(self, seconds: float) -> None:
-        self.t0 += seconds
-
-    def update(self, step: int, loss: float) -> None:
-        if not self.enabled:
-            return
-        rate = (step - self.start) / max(self.elapsed - self.seconds, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else math.inf
-        line = (f"step {step}/{self.total}  loss {loss:.4f}  {rate:.2f} it/s  "
-                f"ETA {_duration(eta)}")  # fmt: skip
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            print()
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m{s:02d}s"
 
 
 def _floats(x: torch.Tensor) -> list[float | None]:

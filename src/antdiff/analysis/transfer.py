@@ -42,7 +42,7 @@ from antdiff.metrics import draw_heldout_triples, heldout_losses
 from antdiff.report import plot_transfer, write_experiment_report
 from antdiff.rundir import RunDir, read_config
 from antdiff.tasks import IntervalPartition, clustering_from_spec
-from antdiff.train import RESUMABLE, Trainer
+from antdiff.train import OUTPUTS, Trainer
 
 BUDGETS = ("steps", "samples")
 DEFAULT_HOLDOUT = 300  # held-out samples when the data set has no default (digits: 300)
@@ -188,16 +188,17 @@ def train_or_resume(cfg: TrainConfig) -> str:
     """Train one run; a finished run with the same config is reused, a partial one resumed
     (a run directory trained with another config is refused)."""
     run = Path(cfg.out)
-    if not (run / "config.json").is_file():
-        Trainer.start(cfg).fit()
-        return cfg.out
-    saved = read_config(run).to_dict()
-    wanted = cfg.to_dict()
-    same = all(saved[k] == wanted[k] for k in wanted if k not in RESUMABLE)
-    done = RunDir.open(run)
-    if same and done.has_checkpoint() and done.load_checkpoint().step == cfg.steps:
-        return cfg.out
-    Trainer.start(cfg, resume=done.has_checkpoint()).fit()
+    resume = (run / "config.json").is_file()
+    if resume:
+        saved, wanted = read_config(run).to_dict(), cfg.to_dict()
+        diff = sorted(k for k in wanted if k not in OUTPUTS and saved[k] != wanted[k])
+        if diff != [] and diff != ["steps"]:
+            raise AntError(f"{run} was trained with another config ({', '.join(diff)})")
+        done = RunDir.open(run)
+        if not diff and done.has_checkpoint() and done.load_checkpoint().step == cfg.steps:
+            return cfg.out
+    with Trainer.start(cfg, resume=resume) as trainer:
+        trainer.fit()
     return cfg.out
 
 

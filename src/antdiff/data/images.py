@@ -152,6 +152,8 @@ def load_npz(path: str, resolution: int | None = None) -> Dataset:
     if key is None:
         raise AntError(f"npz {p} has no array 'x' or 'images' (found: {', '.join(arrays)})")
     a = arrays[key]
+    if a.ndim < 2 or len(a) == 0:
+        raise AntError(f"npz {p}: '{key}' holds no samples (shape {a.shape})")
     labels = next((arrays[k] for k in ("labels", "y") if k in arrays), None)
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):
         raise AntError(f"npz {p}: labels must be integers, got {labels.dtype}")

@@ -8,6 +8,7 @@ and to v predictions alike. g = 1 is the plain conditional model (one forward pa
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -104,7 +105,11 @@ def generate(
     means unconditional. ``clip_sample`` should be True only for pixel images in [-1, 1].
     """
     if num < 1 or batch_size < 1:
-        raise AntError(f"num and batch_size must be >= 1, got {num} and {batch_size}")
+        raise AntError(f"the number of samples and the batch size must be >= 1, got {num}")
+    if not math.isfinite(guidance):
+        raise AntError(f"the guidance scale must be a finite number, got {guidance}")
+    if steps is not None and not 1 <= steps <= schedule.timesteps:
+        raise AntError(f"sampling steps must be in 1..{schedule.timesteps}, got {steps}")
     k = _model_classes(model, num_classes)
     if labels is None and k > 0:
         labels = balanced_labels(num, k)

@@ -21,6 +21,7 @@ from antdiff.errors import AntError
 from antdiff.tasks.partition import IntervalPartition
 
 COSTS = ("timestep", "snr", "log-snr", "affinity")
+MAX_TIMESTEPS = 10_000  # a T x T float64 cost matrix takes 0.75 GiB there
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,11 @@ def check_cost_matrix(C: np.ndarray) -> np.ndarray:
 
 
 def check_affinity(affinity: np.ndarray) -> np.ndarray:
-    A = np.asarray(affinity, dtype=np.float64)
+    """A float64 copy of a square, finite, real task-affinity matrix."""
+    raw = np.asarray(affinity)
+    if raw.dtype.kind not in "biuf":
+        raise AntError(f"an affinity matrix must hold real numbers, got dtype {raw.dtype}")
+    A = raw.astype(np.float64)
     if A.ndim != 2 or A.shape[0] != A.shape[1] or A.shape[0] < 1:
         raise AntError(f"an affinity matrix must be square, got shape {A.shape}")
     if not np.isfinite(A).all():
@@ -175,6 +180,16 @@ def _bounds(T: int, shift: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     l = np.arange(T)[:, None]
     r = np.arange(T)[None, :]
     return l, r, (l + r + shift) // 2
+
+
+def check_size(T: int) -> None:
+    """Every cost matrix is T x T float64: refuse a T whose matrices would not fit in memory."""
+    if T > MAX_TIMESTEPS:
+        gib = 8 * T * T / 2**30
+        raise AntError(
+            f"the exact DP keeps T x T interval costs ({gib:.0f} GiB at T = {T}); "
+            f"use T <= {MAX_TIMESTEPS}"
+        )
 
 
 def _widths(T: int) -> np.ndarray:

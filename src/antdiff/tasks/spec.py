@@ -19,6 +19,7 @@ from antdiff.tasks.clustering import (
     Clustering,
     affinity_cost,
     check_affinity,
+    check_size,
     cluster,
     median_cost,
     timestep_cost,
@@ -74,8 +75,8 @@ def load_affinity(path: str | Path) -> np.ndarray:
             if "affinity" not in data:
                 raise AntError(f"{p} has no 'affinity' array (found {', '.join(data.files)})")
             data = data["affinity"]
-    except (OSError, ValueError) as e:
-        raise AntError(f"cannot read affinity file {p}: {e}") from None
+    except (OSError, ValueError, EOFError):
+        raise AntError(f"cannot read affinity file {p}: not a .npy or .npz array file") from None
     return check_affinity(data)
 
 
@@ -83,6 +84,7 @@ def cost_matrix(cost: str, snr: SNRCurve, affinity: np.ndarray | None = None) ->
     """C[l, r] of a named cost over the timesteps of `snr`: timestep, snr (raw SNR, as the
     official code), log-snr, or affinity (needs the matrix)."""
     T = len(snr.snr_numpy())
+    check_size(T)
     if cost == "timestep":
         return timestep_cost(T)
     if cost == "snr":
