@@ -142,7 +142,7 @@ BAD_INPUTS = [
     # sample
     ("sample --run {D}/nonexistent --out {D}/s.npz", "not a run directory"),
     ("sample --run {D}/empty --out {D}/s.npz", "not a run directory"),
-    ("sample --run {R} --num 0 --out {D}/s.npz", "must be >= 1"),
+    ("sample --run {R} --num 0 --out {D}/s.npz", "--num must be >= 1"),
     ("sample --run {R} --steps -3 --out {D}/s.npz", "sampling steps must be in 1..100"),
     ("sample --run {R} --steps 5000 --out {D}/s.npz", "sampling steps must be in 1..100"),
     ("sample --run {R} --guidance nan --out {D}/s.npz", "guidance scale must be a finite"),

@@ -13,6 +13,7 @@ import torch
 from antdiff import build, distributed
 from antdiff.analysis.affinity import AffinityResult, run_affinity, save_affinity
 from antdiff.config import TrainConfig
+from antdiff.errors import AntError
 from antdiff.evaluate import Evaluator, generate_data
 from antdiff.export import export_pipeline
 from antdiff.models import count_parameters
@@ -69,6 +70,8 @@ def sample(
     device: str = "cpu",
 ) -> Path:
     """`num` samples of the run's EMA model written to `out` (.npz + .png, or .png)."""
+    if num < 1:
+        raise AntError(f"--num must be >= 1, got {num}")
     run = RunDir.open(run_dir)
     model = build.trained_model(run, device=str(distributed.resolve_device(device)))
     x = generate_data(model, run.cfg, run.info, build.schedule(run.cfg), num, sampler=sampler,

@@ -149,7 +149,9 @@ class Trainer:
         return trainer
 
     def close(self) -> None:
-        """Release the run's lock."""
+        """Release the run's lock, and the DDP wrapper while its process group still lives
+        (a DDP reducer destroyed after `destroy_process_group` can hang its process)."""
+        self.net = self.model
         if self.dist.main:
             self.run.unlock()
 
@@ -255,9 +257,13 @@ class Trainer:
         self.dist.barrier()
 
     # ------------------------------------------------------------------ the loop
-    def loss_fn(self, batch: Batch, local: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Per-sample (weighted) losses of the local samples `index` of this rank's slice."""
+    def loss_fn(
+        self, batch: Batch, local: torch.Tensor, net: nn.Module | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Per-sample (weighted) losses of the local samples `index` of this rank's slice, by
+        `net` (default: the DDP wrapper under torchrun, whose backward syncs gradients)."""
         dev, cfg, classes = self.dist.device, self.cfg, self.parts.info.num_classes
+        net = net or self.net
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
 
         def fn(index: torch.Tensor) -> torch.Tensor:
@@ -269,7 +275,7 @@ class Trainer:
                 y = self.labels[batch.index[rows].to(dev)].clone()
                 y[batch.drop[rows].to(dev)] = classes
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                loss = per_sample_loss(self.net, x0, t, batch.noise[rows].to(dev), self.alphas,
+                loss = per_sample_loss(net, x0, t, batch.noise[rows].to(dev), self.alphas,
                                        prediction=cfg.prediction, y=y)  # fmt: skip
             return loss.float() * self.timestep_weights[t]
 
@@ -310,8 +316,8 @@ class Trainer:
             cfg, parts = self.cfg, self.parts
             batch = draw_batch(cfg, len(parts.data), parts.info.shape, parts.sampler, self.step)
             local = self.dist.local_slice(cfg.batch_size)
-            with torch.no_grad():
-                losses = self.loss_fn(batch, local)(torch.arange(len(local)))
+            with torch.no_grad():  # the bare model: a forward of DDP's expects its backward
+                losses = self.loss_fn(batch, local, self.model)(torch.arange(len(local)))
             ok = bool(torch.isfinite(losses).all())
         return self.dist.all_true(ok)
 
