@@ -25,7 +25,7 @@ LAYERS = [
         "progress",
         "signals",
     },
-    {"metrics"},
+    {"metrics", "analysis.sketch", "analysis.gradients"},
     {"config"},
     {"rundir"},
     {"build", "export"},
@@ -68,10 +68,12 @@ def graph() -> dict[str, set[str]]:
 
 
 def layer(name: str) -> int:
-    top = name.split(".")[1] if "." in name else "antdiff"
-    for i, members in enumerate(LAYERS):
-        if top in members:
-            return i
+    """The layer of a module: its own entry (analysis.gradients) or its package's (analysis)."""
+    parts = name.split(".")[1:]
+    for key in (".".join(parts[:2]), parts[0] if parts else "antdiff"):
+        for i, members in enumerate(LAYERS):
+            if key in members:
+                return i
     raise AssertionError(f"{name} is in no layer: add it to LAYERS")
 
 

@@ -7,11 +7,12 @@ sampling, evaluation and the analyses, so that each component is made in one pla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from antdiff.config import RunInfo, TrainConfig, timestep_range
+from antdiff.autoclusters import WARMUP, AutoClusters, is_auto
+from antdiff.config import VANILLA, RunInfo, TrainConfig, timestep_range
 from antdiff.data import Dataset, load_dataset
 from antdiff.diffusion import NoiseSchedule, build_weighting
 from antdiff.errors import AntError
@@ -20,10 +21,12 @@ from antdiff.mtl import MTLMethod, build_method
 from antdiff.rundir import Checkpoint, RunDir
 from antdiff.tasks import (
     Clustering,
+    ClusterSpec,
     IntervalPartition,
     RangeSampler,
     TimestepSampler,
     build_timestep_sampler,
+    cluster_timesteps,
     clustering_from_spec,
 )
 
@@ -49,7 +52,11 @@ def schedule(cfg: TrainConfig) -> NoiseSchedule:
 
 
 def clustering(cfg: TrainConfig, noise: NoiseSchedule) -> Clustering:
-    """The interval tasks of `--clusters`, by the exact DP on the run's schedule."""
+    """The interval tasks of `--clusters`, by the exact DP on the run's schedule; for
+    affinity:K:auto the K provisional equal intervals of its warm-up (autoclusters.py)."""
+    if is_auto(cfg):
+        k = ClusterSpec.parse(cfg.clusters).k
+        return replace(cluster_timesteps("timestep", k, noise), cost=WARMUP)
     return clustering_from_spec(cfg.clusters, noise)
 
 
@@ -109,13 +116,16 @@ def trained_model(
     return net.to(device).eval()
 
 
-def method(cfg: TrainConfig, num_tasks: int) -> MTLMethod:
-    return build_method(cfg.method, num_tasks, **cfg.method_options)
-
-
-def timestep_weights(cfg: TrainConfig, noise: NoiseSchedule) -> torch.Tensor:
-    """[T] fixed loss weight of every timestep (`--weighting`, e.g. Min-SNR), float32."""
-    return build_weighting(cfg.weighting, cfg.prediction).precompute(noise).float()
+def tasks(
+    cfg: TrainConfig, info: RunInfo, noise: NoiseSchedule
+) -> tuple[TimestepSampler, MTLMethod, torch.Tensor]:
+    """What trains over the run's tasks: the timestep sampler, the MTL method and the [T] fixed
+    loss weights (`--weighting`); vanilla's while an affinity:K:auto run warms up."""
+    if info.clustering_cost == WARMUP:
+        cfg = replace(cfg, **VANILLA, method_options={})
+    weights = build_weighting(cfg.weighting, cfg.prediction).precompute(noise).float()
+    sampler = timestep_sampler(cfg, info.partition)
+    return sampler, build_method(cfg.method, info.partition.k, **cfg.method_options), weights
 
 
 @dataclass
@@ -130,6 +140,7 @@ class Components:
     model: Denoiser
     method: MTLMethod
     timestep_weights: torch.Tensor
+    auto: AutoClusters | None = None  # affinity:K:auto while it warms up
 
     @property
     def partition(self) -> IntervalPartition:
@@ -141,7 +152,7 @@ def components(cfg: TrainConfig, info: RunInfo | None = None) -> Components:
     data, heldout = load_data(cfg)
     noise = schedule(cfg)
     info = info or run_info(cfg, data, clustering(cfg, noise))
-    sampler = timestep_sampler(cfg, info.partition)
     net = model(cfg, info)
-    return Components(data, heldout, info, noise, sampler, net,
-                      method(cfg, info.partition.k), timestep_weights(cfg, noise))  # fmt: skip
+    sampler, method, weights = tasks(cfg, info, noise)
+    auto = AutoClusters(cfg, data, noise) if info.clustering_cost == WARMUP else None
+    return Components(data, heldout, info, noise, sampler, net, method, weights, auto)

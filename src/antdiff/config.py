@@ -53,6 +53,10 @@ class TrainConfig:
     method: str = "uw"
     method_options: dict[str, Any] = field(default_factory=dict)
     weighting: str = "constant"
+    affinity_warmup: int | None = None
+    affinity_bins: int = 20
+    affinity_probe: int = 32
+    affinity_snapshots: int = 3
     # optimisation
     steps: int = 2000
     batch_size: int = 64
@@ -97,12 +101,17 @@ HELP = {
     "schedule": "noise schedule: linear | cosine | scaled-linear",
     "timesteps": "number of diffusion timesteps T",
     "prediction": "what the network predicts: epsilon | v | sample",
-    "clusters": "the interval tasks, COST:K: timestep:K | snr:K | log-snr:K | affinity:K:FILE",
+    "clusters": "the interval tasks, COST:K: timestep:K | snr:K | log-snr:K | affinity:K:FILE | "
+    "affinity:K:auto (measured during a warm-up)",
     "timestep_sampling": "stratified (B/K per interval, the paper) | uniform",
     "timestep_range": "L:R: train on t in [L, R] only (a specialist, for O2)",
     "method": "uw | pcgrad | nash | famo | mean | torchjd:NAME; baselines vanilla | min-snr | p2",
     "method_options": "JSON object of the method's options, e.g. '{\"lr\": 0.025}' for uw",
     "weighting": "fixed loss weighting: constant | min-snr[:gamma] | p2[:gamma=,k=] | soft-min-snr",
+    "affinity_warmup": "affinity:K:auto: vanilla steps before the tasks are chosen (10%% of steps)",
+    "affinity_bins": "affinity:K:auto: equal timestep bins of the affinity measurement",
+    "affinity_probe": "affinity:K:auto: fixed training samples whose gradients are measured",
+    "affinity_snapshots": "affinity:K:auto: measurements spread over the warm-up, averaged",
     "steps": "training steps",
     "batch_size": "the GLOBAL batch, split across processes",
     "lr": "AdamW learning rate of the model",
@@ -268,14 +277,41 @@ def validate(cfg: TrainConfig) -> None:
     spec = ClusterSpec.parse(cfg.clusters)
     if spec.k > cfg.timesteps:
         raise AntError(f"--clusters {cfg.clusters}: K must be <= timesteps ({cfg.timesteps})")
-    if spec.file is not None and not Path(spec.file).is_file():
+    if spec.file is not None and not spec.auto and not Path(spec.file).is_file():
         raise AntError(f"affinity file not found: {spec.file}")
+    if spec.auto:
+        check_auto(cfg, spec.k)
     if cfg.method not in METHODS and not cfg.method.startswith(TORCHJD_PREFIX):
         names = ", ".join([*METHOD_SHORTHANDS, *METHODS, TORCHJD_PREFIX + "NAME"])
         raise AntError(f"unknown method {cfg.method!r}; choose from {names}")
     check_method(cfg.method, spec.k, cfg.method_options)
     build_weighting(cfg.weighting, cfg.prediction)
     timestep_range(cfg)
+
+
+def affinity_warmup(cfg: TrainConfig) -> int:
+    """Steps of the warm-up of `affinity:K:auto`: the flag, or 10% of the steps."""
+    if cfg.affinity_warmup is not None:
+        return cfg.affinity_warmup
+    return max(cfg.affinity_snapshots, round(0.1 * cfg.steps))
+
+
+def check_auto(cfg: TrainConfig, k: int) -> None:
+    """The measurement of `affinity:K:auto` fits the run."""
+    warmup, b = affinity_warmup(cfg), cfg.affinity_bins
+    checks = [
+        (2 <= b <= cfg.timesteps, f"affinity_bins must be in 2..{cfg.timesteps}, got {b}"),
+        (k <= b, f"affinity:{k}:auto needs K <= affinity_bins ({b}): K intervals of the bins"),
+        (cfg.affinity_probe >= 1, f"affinity_probe must be >= 1, got {cfg.affinity_probe}"),
+        (cfg.affinity_snapshots >= 1, "affinity_snapshots must be >= 1"),
+        (cfg.affinity_snapshots <= warmup < cfg.steps,
+         f"the affinity warm-up ({warmup} steps) must be shorter than the run ({cfg.steps} "
+         f"steps) and at least one step per snapshot ({cfg.affinity_snapshots})"),
+        (cfg.timestep_range is None, "affinity:K:auto and timestep_range exclude each other"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise AntError(message)
 
 
 def timestep_range(cfg: TrainConfig) -> tuple[int, int] | None:

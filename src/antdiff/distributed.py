@@ -37,6 +37,14 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
 
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's `tensor` on every rank (on the CPU)."""
+        if self.world == 1:
+            return tensor
+        t = tensor.to(self.device)
+        dist.broadcast(t, src=0)
+        return t.cpu()
+
     def all_true(self, ok: bool) -> bool:
         """Whether `ok` holds on every rank."""
         return self.max_int(0 if ok else 1) == 0

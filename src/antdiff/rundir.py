@@ -8,6 +8,7 @@
     RUN/samples.png       samples of the final EMA model
     RUN/report.html       the run's page (report/)
     RUN/affinity/         `antdiff affinity` results for this run
+    RUN/tasks.json, .npz  how an affinity:K:auto run chose its tasks (and the measured matrix)
     RUN/.lock             locked by the process training the run (its pid and host inside)
 
 Every other module asks a `RunDir` for these records or paths. JSON records are written
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from antdiff import checkpoint
@@ -120,6 +122,29 @@ class RunDir:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             os.close(self._lock)
             self._lock = None
+
+    def write_info(self, info: RunInfo) -> None:
+        """Record the run's data and tasks (an affinity:K:auto run chooses its tasks late)."""
+        _write_atomic(self.path / "run.json", json.dumps(info.to_dict(), indent=1))
+        self.info = info
+
+    def write_tasks(
+        self, record: dict[str, Any], affinity: np.ndarray, snapshots: list, edges: np.ndarray
+    ) -> None:
+        """How an affinity:K:auto run chose its tasks: tasks.json (when, from what, the
+        intervals, the time it took) and tasks.npz (`affinity` [B, B], usable as
+        `--clusters affinity:K:RUN/tasks.npz`; the `snapshots` [S, B, B]; the bin `edges`)."""
+        _write_atomic(self.path / "tasks.json", json.dumps(record, indent=1))
+        with writing(self.path / "tasks.npz"), open(self.path / "tasks.npz", "wb") as f:
+            np.savez(f, affinity=affinity, snapshots=np.asarray(snapshots), edges=edges)
+
+    def tasks(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """(tasks.json, tasks.npz arrays) of an affinity:K:auto run that has chosen, or None."""
+        if not (self.path / "tasks.json").is_file():
+            return None
+        with np.load(self.path / "tasks.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        return _read_json(self.path / "tasks.json"), arrays
 
     def write_config(self, cfg: TrainConfig) -> None:
         """Record `cfg` (a resumed run may change its steps or outputs)."""
@@ -243,7 +268,7 @@ class RunDir:
         return self.path / "affinity"
 
 
-RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "checkpoints")
+RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "checkpoints", "tasks.json")
 
 
 def make_dir(path: Path) -> None:

@@ -15,25 +15,25 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from antdiff import build, distributed
+from antdiff.batch import Batch, draw_batch
 from antdiff.build import Components
-from antdiff.config import TrainConfig
+from antdiff.config import RunInfo, TrainConfig
 from antdiff.diffusion import per_sample_loss
 from antdiff.errors import AntError, Interrupted, NonFiniteError
 from antdiff.mtl import mtl_after_step, mtl_backward
 from antdiff.progress import Progress
-from antdiff.rundir import RunDir
+from antdiff.rundir import Checkpoint, RunDir
 from antdiff.signals import StopSignals
-from antdiff.tasks import TimestepSampler
+from antdiff.tasks import Clustering, IntervalPartition
 
 # Config keys that change only the outputs of a run, never its weights.
 OUTPUTS = {"out", "log_every", "checkpoint_every", "keep_checkpoints", "num_samples", "sampler",
@@ -46,29 +46,12 @@ RESUMABLE = OUTPUTS | {"steps", "lr", "grad_clip"}
 EvalFn = Callable[[nn.Module], dict[str, Any]]
 
 
-@dataclass
-class Batch:
-    """One global batch; every tensor is indexed by sample, task ids are explicit."""
-
-    index: torch.Tensor  # [B] rows of the data set
-    t: torch.Tensor  # [B] timesteps
-    task: torch.Tensor  # [B] task (interval) ids
-    noise: torch.Tensor  # [B, ...]
-    drop: torch.Tensor  # [B] bool: use the null label (classifier-free guidance training)
-
-
-def draw_batch(
-    cfg: TrainConfig, n_data: int, shape: tuple[int, ...], sampler: TimestepSampler, step: int
-) -> Batch:
-    """The global batch of `step`, a pure function of (seed, step)."""
-    seed = int(np.random.SeedSequence([cfg.seed, step]).generate_state(1)[0])
-    g = torch.Generator().manual_seed(seed)
-    t, task = sampler.sample(cfg.batch_size, g)
-    index = torch.randint(0, n_data, (cfg.batch_size,), generator=g)
-    noise = torch.randn((cfg.batch_size, *shape), generator=g)
-    drop = torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout
-    perm = torch.randperm(cfg.batch_size, generator=g)  # mix tasks across ranks' slices
-    return Batch(index[perm], t[perm], task[perm], noise[perm], drop[perm])
+def checkpoint_info(info: RunInfo, ckpt: Checkpoint) -> RunInfo:
+    """The run record as of a checkpoint: its tasks (an affinity:K:auto run may have chosen
+    them after the checkpoint was written)."""
+    partition = IntervalPartition.from_dict(ckpt.state["partition"])
+    cost = ckpt.state.get("clustering_cost", info.clustering_cost)
+    return replace(info, partition=partition, clustering_cost=cost)
 
 
 def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:
@@ -109,6 +92,7 @@ class Trainer:
         self.labels = None if parts.data.labels is None else parts.data.labels.to(dev)
         self.step = 0
         self.seconds = 0.0  # training time of the steps done before this process started
+        self.auto = parts.auto
         self.net: nn.Module = self.model
         if dist.world > 1:
             self.net = DistributedDataParallel(
@@ -125,12 +109,18 @@ class Trainer:
         dist = distributed.setup(cfg.device)
         if cfg.precision != "fp32" and dist.device.type != "cuda":
             raise AntError(f"--precision {cfg.precision} needs a GPU; use fp32 on the CPU")
+        ckpt = None
         if resume:
             run = RunDir.open(cfg.out)
             check_resumable(run.cfg, cfg)
-            parts = build.components(cfg, run.info)
             if dist.main:
                 run.lock()
+            ckpt = run.load_checkpoint() if run.has_checkpoint() else None
+            try:  # the tasks the checkpoint trained with (an auto run may have chosen since)
+                parts = build.components(cfg, ckpt and checkpoint_info(run.info, ckpt))
+            except BaseException:
+                run.unlock()
+                raise
         else:
             parts = build.components(cfg)
             if dist.main:
@@ -141,7 +131,7 @@ class Trainer:
         try:
             trainer = cls(cfg, parts, run, dist, evaluate)
             if resume:
-                trainer.restore()
+                trainer.restore(ckpt)
         except BaseException:
             if dist.main:
                 run.unlock()
@@ -162,15 +152,16 @@ class Trainer:
         self.close()
 
     # ------------------------------------------------------------------ checkpoints
-    def restore(self) -> None:
-        """Continue from the run's latest checkpoint, exactly (from step 0 when it has none)."""
-        if not self.run.has_checkpoint():
+    def restore(self, ckpt: Checkpoint | None) -> None:
+        """Continue from the checkpoint `ckpt` of the run, exactly (from step 0 when it has
+        none)."""
+        if ckpt is None:
             if self.dist.main:
                 self.run.truncate_metrics(0)
                 self.run.write_config(self.cfg)
+                self.run.write_info(self.parts.info)
             self.dist.barrier()
             return
-        ckpt = self.run.load_checkpoint()
         if self.cfg.steps < ckpt.step:
             raise AntError(f"{self.run.path} is at step {ckpt.step}: --steps must be >= that")
         try:
@@ -191,6 +182,8 @@ class Trainer:
         if self.scaler is not None and ckpt.state.get("scaler"):
             self.scaler.load_state_dict(ckpt.state["scaler"])
         torch.set_rng_state(ckpt.state["rng"]["torch"])
+        if self.auto is not None:
+            self.auto.load_state_dict(ckpt.state["auto"])
         self.step = ckpt.step
         if self.dist.main:
             self.run.set_aside_after(self.step)
@@ -221,6 +214,8 @@ class Trainer:
             "step": self.step,
             "config": self.cfg.to_dict(),
             "partition": self.parts.partition.to_dict(),
+            "clustering_cost": self.parts.info.clustering_cost,
+            "auto": self.auto.state_dict() if self.auto is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(),
             "ema": ema_state,
@@ -233,6 +228,28 @@ class Trainer:
                                      keep=self.cfg.keep_checkpoints)  # fmt: skip
         finally:
             self.dist.barrier()
+
+    def set_tasks(self, chosen: Clustering, seconds: float) -> None:
+        """From the warm-up of affinity:K:auto on, train with the run's method over the intervals
+        `chosen` (the DP over the measured affinity); the run records them."""
+        assert self.auto is not None
+        info = replace(self.parts.info, partition=chosen.partition, clustering_cost=chosen.cost)
+        sampler, method, weights = build.tasks(self.cfg, info, self.parts.schedule)
+        self.method, self.timestep_weights = (
+            method.to(self.dist.device),
+            weights.to(self.dist.device),
+        )
+        self.parts = replace(self.parts, info=info, sampler=sampler, method=method,
+                             timestep_weights=weights, auto=None)  # fmt: skip
+        for group in method.param_groups():  # UW's log-variances, in their own group
+            self.optimizer.add_param_group(group)
+        self.clip = self.cfg.grad_clip or method.default_max_grad_norm
+        if self.dist.main:
+            record = self.auto.record(chosen, self.step, seconds)
+            self.run.write_tasks(record, self.auto.affinity, self.auto.matrices, self.auto.edges)
+            self.run.write_info(info)
+            self.run.append_metrics({"step": self.step, "time": seconds, "tasks": record})
+        self.auto = None
 
     @contextmanager
     def ema_weights(self) -> Iterator[nn.Module]:
@@ -343,6 +360,9 @@ class Trainer:
         skipped = 0
         while self.step < cfg.steps:
             row = self.train_step()
+            if self.auto is not None and (chosen := self.auto.observe(self.step, self.model,
+                                                                      self.dist)):  # fmt: skip
+                self.set_tasks(chosen, progress.elapsed)
             skipped += not row["finite"]
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 row = {"step": self.step, **row, "skipped": skipped, "time": progress.elapsed}

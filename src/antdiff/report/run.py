@@ -12,7 +12,12 @@ from matplotlib.figure import Figure
 
 from antdiff import build
 from antdiff.report.analysis import affinity_section, interval_labels
-from antdiff.report.figures import plot_eval_curves, plot_partition, plot_task_curves
+from antdiff.report.figures import (
+    plot_affinity,
+    plot_eval_curves,
+    plot_partition,
+    plot_task_curves,
+)
 from antdiff.report.html import Section, img_file, page, png, table
 from antdiff.rundir import RunDir
 
@@ -65,6 +70,28 @@ def _heldout_bars(intervals: list[dict[str, Any]]) -> Figure:
     return fig
 
 
+def tasks_section(run: RunDir, train_seconds: float, log_snr: np.ndarray) -> Section | None:
+    """How an affinity:K:auto run chose its tasks: when, from what, at what cost, the heat map."""
+    found = run.tasks()
+    if found is None:
+        return None
+    t, arrays = found
+    share = t["warmup_seconds"] / train_seconds if train_seconds else float("nan")
+    text = (f"The {t['k']} intervals were chosen at step {t['step']} by the exact DP with the "
+            f"task-affinity cost (Go et al. 2023, Sec. 4), from the gradient cosines of "
+            f"{t['bins']} timestep bins on a fixed probe of {t['probe']} training samples, "
+            f"measured on the raw weights at steps {', '.join(map(str, t['snapshots']))} and "
+            f"averaged. Intervals: {html.escape(str(t['intervals']))}. The warm-up (vanilla "
+            f"training up to step {t['step']}, the measurement included) took "
+            f"{t['warmup_seconds']:.1f} s of the run's {train_seconds:.1f} s of training "
+            f"({100 * share:.1f}%); the measurement itself "
+            f"{t['measure_seconds']:.1f} s.")  # fmt: skip
+    edges = arrays["edges"]
+    centre = ((edges[:-1] + edges[1:] - 1) // 2).astype(int)
+    fig = plot_affinity(arrays["affinity"], edges, log_snr[centre])
+    return "Tasks chosen from the measured affinity", f"<p>{text}</p>{png(fig)}"
+
+
 def write_report(run: RunDir) -> Path:
     """Write `report.html` of the run and return its path."""
     cfg, info = run.cfg, run.info
@@ -84,6 +111,10 @@ def write_report(run: RunDir) -> Path:
     log_snr = build.schedule(cfg).snr_numpy(log=True)
     fig = plot_partition(info.partition, log_snr, title=f"{info.clustering_cost} clustering")
     sections.append(("Tasks: the partition over log-SNR", png(fig)))
+    timed = [r["time"] for r in rows if "time" in r]
+    tasks = tasks_section(run, timed[-1] if timed else 0.0, log_snr)
+    if tasks:
+        sections.append(tasks)
     result = run.evaluation()
     if result:
         sections.append(evaluation_section(result))

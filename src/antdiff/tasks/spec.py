@@ -2,7 +2,7 @@
 
 The spec `COST:K[:FILE]` names the clustering cost (timestep, snr, log-snr, affinity) and the
 number of interval tasks K; the affinity cost reads its matrix from FILE (.npy, or .npz with an
-`affinity` array, as `antdiff affinity` writes).
+`affinity` array, as `antdiff affinity` writes), or measures it during training (`auto`).
 """
 
 from __future__ import annotations
@@ -40,13 +40,19 @@ class ClusterSpec:
     k: int
     file: str | None = None
 
+    @property
+    def auto(self) -> bool:
+        """affinity:K:auto: the matrix is measured during a warm-up of the run itself."""
+        return self.file == "auto"
+
     @classmethod
     def parse(cls, spec: str) -> ClusterSpec:
         """`timestep:K`, `snr:K`, `log-snr:K` or `affinity:K:FILE`."""
         parts = spec.split(":", 2)
         if len(parts) < 2 or parts[0] not in COSTS:
             raise AntError(
-                f"bad cluster spec {spec!r}; use timestep:K, snr:K, log-snr:K or affinity:K:FILE"
+                f"bad cluster spec {spec!r}; use timestep:K, snr:K, log-snr:K, affinity:K:FILE "
+                "or affinity:K:auto"
             )
         try:
             k = int(parts[1])
@@ -57,7 +63,8 @@ class ClusterSpec:
         file = parts[2] if len(parts) == 3 else None
         if (parts[0] == "affinity") != (file is not None):
             raise AntError(
-                f"bad cluster spec {spec!r}: the affinity cost needs its matrix (affinity:K:FILE)"
+                f"bad cluster spec {spec!r}: the affinity cost needs its matrix (affinity:K:FILE) "
+                "or affinity:K:auto"
                 if file is None
                 else f"bad cluster spec {spec!r}: only affinity takes a file (affinity:K:FILE)"
             )

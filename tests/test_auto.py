@@ -1,0 +1,160 @@
+"""--clusters affinity:K:auto: the warm-up trains vanilla, the tasks come from the DP over the
+measured affinity, the run records them; resume is exact across the switch; two processes equal
+one, the measurement included."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from antdiff import checkpoint
+from antdiff.cli import main
+from antdiff.diffusion import NoiseSchedule
+from antdiff.tasks import cluster_timesteps
+
+AUTO = ["--dataset", "digits", "--batch-size", "16", "--num-samples", "4", "--sample-steps", "2",
+        "--clusters", "affinity:5:auto", "--affinity-warmup", "12", "--affinity-bins", "8",
+        "--affinity-probe", "16", "--method", "uw", "--log-every", "3"]  # fmt: skip
+# The CLI with each affinity measurement announced in a file and slowed down, so that a test can
+# kill the process inside one (argv[1]: the file; argv[2:]: the train flags).
+SLOW_MEASURE = """
+import sys, time
+from pathlib import Path
+import antdiff.autoclusters as a
+real, marker = a.affinity_matrix, Path(sys.argv[1])
+def slow(*args, **kw):
+    marker.write_text(str(int(marker.read_text() or 0) + 1) if marker.exists() else "1")
+    time.sleep(0.5)
+    return real(*args, **kw)
+a.affinity_matrix = slow
+from antdiff.cli import main
+sys.exit(main(["train", *sys.argv[2:]]))
+"""
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(checkpoint.latest(run) / name)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("auto") / "whole"
+    argv = [*AUTO, "--steps", "24", "--checkpoint-every", "3", "--out", str(run)]
+    assert main(["train", *argv]) == 0
+    return run
+
+
+def test_the_warm_up_is_vanilla_and_the_tasks_come_from_the_measured_affinity(whole: Path):
+    tasks = json.loads((whole / "tasks.json").read_text())
+    assert tasks["step"] == 12 and tasks["snapshots"] == [4, 8, 12] and tasks["bins"] == 8
+    z = np.load(whole / "tasks.npz")
+    assert z["snapshots"].shape == (3, 8, 8) and z["edges"].tolist()[-1] == 1000
+    np.testing.assert_array_equal(z["affinity"], np.round(z["snapshots"].mean(0), 4))
+    # the intervals are the exact DP's over the recorded matrix, and the run trains on them
+    best = cluster_timesteps("affinity", 5, NoiseSchedule.from_name("linear", 1000), z["affinity"])
+    assert [list(iv) for iv in best.partition.intervals] == tasks["intervals"]
+    info = json.loads((whole / "run.json").read_text())
+    assert info["partition"]["intervals"] == tasks["intervals"]
+    assert info["clustering_cost"] == "affinity"
+    logged = rows(whole)
+    warm = [r for r in logged if "task_weights" in r and r["step"] <= 12]
+    after = [r for r in logged if "task_weights" in r and r["step"] > 12]
+    assert all(r["task_weights"] == [0.2] * 5 for r in warm)  # vanilla: the plain mean
+    assert after and all(len(set(r["task_weights"])) > 1 for r in after)  # UW moves its weights
+    switch = next(r for r in logged if "tasks" in r)
+    assert switch["step"] == 12 and switch["time"] == tasks["warmup_seconds"] > 0
+    times = [r["time"] for r in logged if "time" in r]
+    assert times == sorted(times)  # the measurement is part of the training time
+    assert "Tasks chosen from the measured affinity" in (whole / "report.html").read_text()
+    # the recorded matrix clusters a new run by hand too
+    argv = ["cluster", "-k", "5", "--cost", "affinity", "--affinity", str(whole / "tasks.npz")]
+    assert main(argv) == 0
+
+
+def _kill_at(run: Path, argv: list[str], ready, tmp_path: Path) -> None:
+    marker = tmp_path / "measured"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", SLOW_MEASURE, str(marker), *argv]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while not ready(marker):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _measured(n: int):
+    return lambda marker: marker.is_file() and marker.read_text() == str(n)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "during the warm-up, inside the 2nd measurement",
+        "inside the last measurement",
+        "after the switch",
+    ],
+)
+def test_resume_is_exact_across_the_switch(whole: Path, tmp_path: Path, when: str) -> None:
+    cut = tmp_path / "cut"
+    argv = [*AUTO, "--steps", "24", "--checkpoint-every", "3", "--out", str(cut)]
+    if when.startswith("during"):
+        ready = _measured(2)
+    elif when.startswith("inside"):
+        ready = _measured(3)
+    else:  # a checkpoint written after step 12, with a random delay
+        delay = random.uniform(0, 0.5)
+        ready = lambda m: (  # noqa: E731
+            (p := checkpoint.latest(cut, missing_ok=True)) is not None
+            and checkpoint.step_of(p) >= 15 and time.sleep(delay) is None
+        )  # fmt: skip
+    _kill_at(cut, argv, ready, tmp_path)
+    assert main(["train", "--resume", "--out", str(cut)]) == 0
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = weights(whole, name), weights(cut, name)
+        assert all(torch.equal(a[k], b[k]) for k in a), (when, name)
+    assert (
+        json.loads((cut / "tasks.json").read_text())["intervals"]
+        == json.loads((whole / "tasks.json").read_text())["intervals"]
+    )
+
+
+NO_ATTENTION = {"down_block_types": ["DownBlock2D"] * 2, "up_block_types": ["UpBlock2D"] * 2,
+                "add_attention": False}  # fmt: skip
+
+
+def test_two_processes_equal_one_the_measurement_included(tmp_path: Path) -> None:
+    argv = [*AUTO, "--steps", "18", "--checkpoint-every", "18", "--batch-size", "15",
+            f"--model-options={json.dumps(NO_ATTENTION)}"]  # fmt: skip
+    assert main(["train", *argv, "--out", str(tmp_path / "one")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29500 + random.randrange(400)), "-m", "antdiff", "train",
+           *argv, f"--out={tmp_path / 'two'}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one, two = (json.loads((tmp_path / r / "tasks.json").read_text()) for r in ("one", "two"))
+    assert one["intervals"] == two["intervals"]
+    za, zb = np.load(tmp_path / "one" / "tasks.npz"), np.load(tmp_path / "two" / "tasks.npz")
+    np.testing.assert_allclose(za["snapshots"], zb["snapshots"], atol=2e-3)
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in a:
+        rel = (a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)
+        assert rel <= 1e-4, (k, float(rel))
