@@ -27,7 +27,7 @@ LAYERS = [
     },
     {"metrics", "analysis.sketch", "analysis.gradients"},
     {"config"},
-    {"rundir"},
+    {"rundir", "batch", "autoclusters"},
     {"build", "export"},
     {"train", "evaluate"},
     {"report"},
