@@ -77,6 +77,11 @@ def heldout_bounds(result: dict[str, Any]) -> list[list[int]]:
     return [[b * T // k, (b + 1) * T // k - 1] for b in range(k)]
 
 
+def step_seconds(run: dict[str, Any]) -> float:
+    """Seconds per training step, without the run's fixed overhead."""
+    return (run["train_seconds"] - run.get("overhead_seconds", 0)) / run["steps"]
+
+
 def paired(runs: list[dict], base: dict[int, dict], value: Callable[[dict], float]) -> dict:
     """mean/std/n over the shared seeds of value(run) - value(vanilla run of that seed)."""
     diffs = [value(r) - value(base[r["seed"]]) for r in runs if r["seed"] in base]
@@ -95,23 +100,26 @@ def summarize(
     *,
     guidance: str = "1.0",
     costs: dict[str, float] | None = None,
+    overheads: dict[str, float] | None = None,
     command: Callable[[str, list[int]], str] = lambda method, seeds: "",
 ) -> dict[str, Any]:
     """Per method: mean/std over seeds, paired differences to vanilla, curves, budgets.
 
     `costs` (ms per step, measured side by side) gives each method's cost relative to vanilla;
-    without it the runs' own clocks do."""
+    without it the runs' own clocks do. Fixed costs enter the equal-wall-clock budget in units
+    of vanilla steps: `overheads` per method (a pre-run, say) plus each run's own
+    `overhead_seconds` (an online measurement, part of its clock)."""
     by_method: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(results, key=lambda r: r["seed"]):
         by_method.setdefault(r["method"], []).append(r)
     metric = "fd" if "fd" in final_eval(results[0], guidance) else "swd"
     base = {r["seed"]: r for r in by_method.get("vanilla", [])}
     target = curve_mean(list(base.values()), metric)[-1][1] if base else None
-    costs = costs or {}
+    costs, overheads = costs or {}, overheads or {}
     methods = {}
     for name, runs in by_method.items():
         finals = [final_eval(r, guidance) for r in runs]
-        per_step = statistics.fmean(r["train_seconds"] / r["steps"] for r in runs)
+        per_step = statistics.fmean(step_seconds(r) for r in runs)
         e: dict[str, Any] = {
             "seeds": [r["seed"] for r in runs],
             "steps": runs[0]["steps"],
@@ -151,11 +159,14 @@ def summarize(
         if target is not None:
             e["steps_to_vanilla_final"] = steps_to_reach(e["curve"][metric], target)
         if base:
-            base_step = statistics.fmean(r["train_seconds"] / r["steps"] for r in base.values())
+            base_step = statistics.fmean(step_seconds(r) for r in base.values())
             probe = costs.get(name, 0) / costs["vanilla"] if "vanilla" in costs else 0
             e["cost_vs_vanilla"] = round(probe or per_step / base_step, 3)
             e["cost_source"] = "interleaved probe" if probe else "the runs' own clocks"
-            reach = int(e["steps"] * min(1.0, 1 / e["cost_vs_vanilla"]))
+            own = statistics.fmean(r.get("overhead_seconds", 0) / base_step for r in runs)
+            e["overhead_steps"] = round(overheads.get(name, 0) + own, 1)
+            budget = e["steps"] / e["cost_vs_vanilla"] - e["overhead_steps"]
+            reach = max(0, min(e["steps"], int(budget)))
             m, s = mean_std([at_step(r, reach, metric) for r in runs])
             e["equal_time"] = {"steps_affordable": reach, "step": reach,
                                f"{metric}_mean": m, f"{metric}_std": s}  # fmt: skip

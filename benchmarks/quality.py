@@ -34,10 +34,11 @@ from bench_stats import compact, final_eval, heldout_bounds, summarize
 from bench_tables import markdown, plot
 from step_cost import machine, update_train_costs
 
-ANT = {f"ant-{m}-{c}": f"--method {m} --clusters {c}:5" + (":{affinity}" if c == "affinity" else "")
-       for m in ("uw", "pcgrad", "nash") for c in ("timestep", "log-snr", "affinity")}  # fmt: skip
+SPEC = {"affinity": "affinity:5:{affinity}", "auto": "affinity:5:auto"}
+ANT = {f"ant-{m}-{c}": f"--method {m} --clusters {SPEC.get(c, f'{c}:5')}" for m in ("uw", "pcgrad",
+       "nash") for c in ("timestep", "log-snr", "affinity", "auto")}  # fmt: skip
 # Methods as `antdiff train` flags; stratified-* are controls: ANT's timestep sampling over the
-# intervals with the plain mean loss (no MTL method).
+# intervals with the plain mean loss (no MTL method); -wN: auto with a warm-up of N steps.
 VARIANTS: dict[str, str] = {
     "vanilla": "--method vanilla", "min-snr": "--method min-snr", "p2": "--method p2", **ANT,
     "famo-timestep": "--method famo",
@@ -45,6 +46,7 @@ VARIANTS: dict[str, str] = {
     "ant-uw-p2-timestep": "--method uw --weighting p2",
     "stratified-affinity": "--method mean --clusters affinity:5:{affinity}",
     "stratified-log-snr": "--method mean --clusters log-snr:5",
+    **{f"ant-uw-auto-w{w}": f"{ANT['ant-uw-auto']} --affinity-warmup {w}" for w in (20, 50, 200)},
 }  # fmt: skip
 DIGITS = "--dataset digits --batch-size 64 --lr 2e-3"
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -71,12 +73,11 @@ QUICK = {"methods": "vanilla,min-snr,ant-uw-timestep", "seeds": "0,1", "steps": 
 
 def train_flags(args: argparse.Namespace, method: str, seed: int) -> str:
     """The `antdiff train` flags of one row (what it trains; outputs are added by run_one)."""
-    flags = f"{SETTINGS[args.dataset]['flags']} {VARIANTS[method]} --steps {args.steps}"
-    flags += f" --seed {seed}"
+    flags = f"{SETTINGS[args.dataset]['flags']} {VARIANTS[method]} --steps {args.steps} --seed "
     if "{affinity}" in flags and not args.affinity:
         raise SystemExit(f"{method} needs --affinity FILE.npz (from `antdiff affinity`)")
-    flags += "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k in ("lr", "batch_size")
-                     if getattr(args, k) is not None)  # fmt: skip
+    flags += str(seed) + "".join(f" --{k.replace('_', '-')} {v}" for k in ("lr", "batch_size")
+                                 if (v := getattr(args, k)) is not None)  # fmt: skip
     return flags.replace("{affinity}", str(args.affinity)).replace("{mnist}", str(args.mnist))
 
 
@@ -138,6 +139,7 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
                  "heldout_partition": COMMON_PARTITION,
                  "heldout_per_interval": args.heldout_per_interval},
         "device": str(trainer.dist.device), "final": final, "curve": curve, "command": command,
+        "overhead_seconds": auto[0]["measure_seconds"] if (auto := trainer.run.tasks()) else 0.0,
         "train_command": "antdiff train " + flags,
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -205,17 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(args, m, s) for s in seeds for m in methods]  # seed-major: pairs complete early
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     t0 = time.perf_counter()
-    if not args.summary_only:
-        if args.workers > 1:
-            with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
-                pool.map(run_one, jobs, chunksize=1)
-        else:
-            list(map(run_one, jobs))
+    if not args.summary_only:  # each run in a fresh process
+        with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+            pool.map(run_one, jobs, chunksize=1)
     costs = None
     if not args.summary_only and args.cost_rounds > 0:  # ms/step measured side by side
         torch.set_num_threads(args.threads)
-        argvs = {m: shlex.split(f"{train_flags(args, m, 0)} --device {args.device}")
-                 for m in ["vanilla", *methods]}  # fmt: skip
+        argvs = {m: shlex.split(f"{train_flags(args, m, 0)} --device {args.device}".replace(
+            "affinity:5:auto", "timestep:5")) for m in ["vanilla", *methods]}  # fmt: skip
+        # (auto: the cost of a step after the switch; the bounds do not change it)
         costs = update_train_costs(Path(args.results) / args.dataset / "step_cost.json", argvs,
                                    args.cost_rounds)  # fmt: skip
     files = [p for m in VARIANTS for p in sorted(Path(args.results, args.dataset, m).glob("s*"))]
@@ -224,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         print("no results yet", file=sys.stderr)
         return 1
     guidance = str(SETTINGS[args.dataset].get("curve_guidance", 1.0))
-    summary = summarize(results, guidance=guidance, costs=costs,
+    extra = Path(args.results) / args.dataset / "overheads.json"  # pre-runs, in vanilla steps
+    overheads = json.loads(extra.read_text())["steps"] if extra.is_file() else {}
+    summary = summarize(results, guidance=guidance, costs=costs, overheads=overheads,
                         command=lambda m, s: reproduce(args, [m], s))  # fmt: skip
     summary.update(machine=machine(), seconds=round(time.perf_counter() - t0, 1),
                    curve_num=args.curve_num, fd_num=args.fd_num,

@@ -96,7 +96,10 @@ def test_every_row_is_an_antdiff_train_command(bench, tmp_path: Path) -> None:
         assert cfg.seed == 3 and cfg.steps == args.steps and cfg.dataset == "digits"
         if method in want:
             assert (cfg.method, cfg.timestep_sampling, cfg.weighting) == want[method], method
-        assert ("affinity" in method) == cfg.clusters.startswith("affinity:5:")
+        assert ("affinity" in method or "auto" in method) == cfg.clusters.startswith("affinity:5:")
+        assert ("auto" in method) == cfg.clusters.endswith(":auto")
+    cfg = train_config(shlex.split(quality.train_flags(args, "ant-uw-auto-w50", 0)))
+    assert cfg.affinity_warmup == 50 and cfg.method == "uw"
 
 
 def test_the_printed_command_reproduces_the_arguments(bench) -> None:
