@@ -28,6 +28,7 @@ LAYERS = [
     {"metrics", "analysis.sketch", "analysis.gradients"},
     {"config"},
     {"rundir", "batch", "autoclusters"},
+    {"resume"},
     {"build", "export"},
     {"train", "evaluate"},
     {"report"},

@@ -37,11 +37,13 @@ class PointMassOracle(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
         a = self.a[t].float().view(-1, *([1] * (x.ndim - 1)))
         eps = (x - a.sqrt() * self.c) / (1 - a).sqrt()
+        if self.prediction == "sample":
+            return self.c.expand_as(x)
         return eps if self.prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * self.c
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "sample"])
 def test_oracle_denoiser_recovers_the_data(
     schedule: NoiseSchedule, sampler: str, prediction: str
 ) -> None:

@@ -81,8 +81,12 @@ def test_weights_reproduce_each_papers_objective(prediction: str) -> None:
     mse, snr = losses_in_every_space(schedule, t)
     ours = {
         spec: build_weighting(spec, prediction)(snr) * mse[prediction]
-        for spec in ["min-snr:5", "p2:gamma=0.5,k=1", "soft-min-snr:4", "constant"]
+        for spec in ["min-snr:5", "p2:gamma=0.5,k=1", "soft-min-snr:4", "constant", "debiased"]
     }
+    # Debiased estimation (Yu et al. 2023; kohya's apply_debiased_estimation): 1/sqrt(SNR) on
+    # the eps error, SNR capped at 1000
+    expected = mse["epsilon"] / snr.clamp(max=1000).sqrt()
+    torch.testing.assert_close(ours["debiased"], expected)
     # Min-SNR (Hang et al. 2023): min(SNR, gamma) on the x0 error
     torch.testing.assert_close(ours["min-snr:5"], torch.clamp(snr, max=5.0) * mse["sample"])
     # P2 (Choi et al. 2022): 1 / (k + SNR)^gamma on the eps error
@@ -103,7 +107,9 @@ def test_matches_diffusers_training_script_min_snr() -> None:
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "scaled-linear"])
 @pytest.mark.parametrize("prediction", ["epsilon", "v", "sample"])
-@pytest.mark.parametrize("spec", ["constant", "min-snr", "soft-min-snr", "p2", "p2:gamma=0.5,k=2"])
+@pytest.mark.parametrize(
+    "spec", ["constant", "min-snr", "soft-min-snr", "p2", "p2:gamma=0.5,k=2", "debiased"]
+)
 def test_zero_terminal_snr_is_finite(name: str, prediction: str, spec: str) -> None:
     schedule = NoiseSchedule.from_name(name, 1000, zero_terminal_snr=True)
     assert schedule.snr[-1] == 0

@@ -22,17 +22,20 @@ class Batch:
     task: torch.Tensor  # [B] task (interval) ids
     noise: torch.Tensor  # [B, ...]
     drop: torch.Tensor  # [B] bool: use the null label (classifier-free guidance training)
+    weight: torch.Tensor  # [B] importance weight of each sample's loss (loss-aware sampling)
 
 
 def draw_batch(
     cfg: TrainConfig, n_data: int, shape: tuple[int, ...], sampler: TimestepSampler, step: int
 ) -> Batch:
-    """The global batch of `step`, a pure function of (seed, step)."""
+    """The global batch of `step`, a pure function of (seed, step) and the sampler's state."""
     seed = int(np.random.SeedSequence([cfg.seed, step]).generate_state(1)[0])
     g = torch.Generator().manual_seed(seed)
     t, task = sampler.sample(cfg.batch_size, g)
+    weight = sampler.importance(t)
+    weight = torch.ones(cfg.batch_size) if weight is None else weight
     index = torch.randint(0, n_data, (cfg.batch_size,), generator=g)
     noise = torch.randn((cfg.batch_size, *shape), generator=g)
     drop = torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout
     perm = torch.randperm(cfg.batch_size, generator=g)  # mix tasks across ranks' slices
-    return Batch(index[perm], t[perm], task[perm], noise[perm], drop[perm])
+    return Batch(index[perm], t[perm], task[perm], noise[perm], drop[perm], weight[perm])

@@ -14,7 +14,7 @@ import torch
 from antdiff.autoclusters import WARMUP, AutoClusters, is_auto
 from antdiff.config import VANILLA, RunInfo, TrainConfig, timestep_range
 from antdiff.data import Dataset, load_dataset
-from antdiff.diffusion import NoiseSchedule, build_weighting
+from antdiff.diffusion import FixedWeighting, NoiseSchedule, sample_weighting
 from antdiff.errors import AntError
 from antdiff.models import Denoiser, build_model
 from antdiff.mtl import MTLMethod, build_method
@@ -118,14 +118,14 @@ def trained_model(
 
 def tasks(
     cfg: TrainConfig, info: RunInfo, noise: NoiseSchedule
-) -> tuple[TimestepSampler, MTLMethod, torch.Tensor]:
-    """What trains over the run's tasks: the timestep sampler, the MTL method and the [T] fixed
-    loss weights (`--weighting`); vanilla's while an affinity:K:auto run warms up."""
+) -> tuple[TimestepSampler, MTLMethod, FixedWeighting]:
+    """What trains over the run's tasks: the timestep sampler, the MTL method and the per-sample
+    loss weighting (`--weighting`); vanilla's while an affinity:K:auto run warms up."""
     if info.clustering_cost == WARMUP:
         cfg = replace(cfg, **VANILLA, method_options={})
-    weights = build_weighting(cfg.weighting, cfg.prediction).precompute(noise).float()
+    weighting = sample_weighting(cfg.weighting, cfg.prediction, noise)
     sampler = timestep_sampler(cfg, info.partition)
-    return sampler, build_method(cfg.method, info.partition.k, **cfg.method_options), weights
+    return sampler, build_method(cfg.method, info.partition.k, **cfg.method_options), weighting
 
 
 @dataclass
@@ -139,7 +139,7 @@ class Components:
     sampler: TimestepSampler
     model: Denoiser
     method: MTLMethod
-    timestep_weights: torch.Tensor
+    weighting: FixedWeighting
     auto: AutoClusters | None = None  # affinity:K:auto while it warms up
 
     @property
@@ -153,6 +153,6 @@ def components(cfg: TrainConfig, info: RunInfo | None = None) -> Components:
     noise = schedule(cfg)
     info = info or run_info(cfg, data, clustering(cfg, noise))
     net = model(cfg, info)
-    sampler, method, weights = tasks(cfg, info, noise)
+    sampler, method, weighting = tasks(cfg, info, noise)
     auto = AutoClusters(cfg, data, noise) if info.clustering_cost == WARMUP else None
-    return Components(data, heldout, info, noise, sampler, net, method, weights, auto)
+    return Components(data, heldout, info, noise, sampler, net, method, weighting, auto)

@@ -23,8 +23,8 @@ from antdiff.diffusion.samplers import SAMPLERS
 from antdiff.diffusion.schedule import SCHEDULES
 from antdiff.diffusion.weighting import build_weighting
 from antdiff.errors import AntError
-from antdiff.mtl import METHODS, TORCHJD_PREFIX, check_method
-from antdiff.tasks import TIMESTEP_SAMPLINGS, ClusterSpec, IntervalPartition, check_size
+from antdiff.mtl import METHODS, TORCHJD_PREFIX, GramianMethod, build_method
+from antdiff.tasks import ClusterSpec, IntervalPartition, build_timestep_sampler, check_size
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -103,9 +103,11 @@ HELP = {
     "prediction": "what the network predicts: epsilon | v | sample",
     "clusters": "the interval tasks, COST:K: timestep:K | snr:K | log-snr:K | affinity:K:FILE | "
     "affinity:K:auto (measured during a warm-up)",
-    "timestep_sampling": "stratified (B/K per interval, the paper) | uniform",
+    "timestep_sampling": "stratified (B/K per interval, the paper) | uniform | "
+    "logit-normal[:m,s] | mode[:scale] | loss-aware[:history]",
     "timestep_range": "L:R: train on t in [L, R] only (a specialist, for O2)",
-    "method": "uw | pcgrad | nash | famo | mean | torchjd:NAME; baselines vanilla | min-snr | p2",
+    "method": "uw | pcgrad | nash | famo | mean | torchjd:NAME; baselines vanilla | min-snr | p2 "
+    "| debiased | edm2",
     "method_options": "JSON object of the method's options, e.g. '{\"lr\": 0.025}' for uw",
     "weighting": "fixed loss weighting: constant | min-snr[:gamma] | p2[:gamma=,k=] | soft-min-snr",
     "affinity_warmup": "affinity:K:auto: vanilla steps before the tasks are chosen (10%% of steps)",
@@ -135,7 +137,7 @@ HELP = {
 
 # Named starting points; any flag overrides them.
 PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {"dataset": "digits", "method": "uw", "clusters": "timestep:5", "steps": 3000,
+    "demo": {"dataset": "digits", "method": "uw", "clusters": "affinity:5:auto", "steps": 3000,
              "batch_size": 64, "lr": 2e-3, "ema_decay": 0.999, "checkpoint_every": 500,
              "log_every": 100, "num_samples": 100},
     "digits": {"dataset": "digits", "steps": 4000, "batch_size": 128, "lr": 1e-3},
@@ -149,12 +151,14 @@ PRESET_NEEDS = {"mnist": ("dataset", "--dataset mnist:PATH (a folder of MNIST ID
 
 # The baselines as `--method` names. "vanilla" is L_simple everywhere in antdiff: uniform
 # timesteps and the plain mean loss (Ho et al. 2020); min-snr and p2 are vanilla with that
-# fixed loss weighting.
+# fixed loss weighting (debiased too), edm2 vanilla with EDM2's learned one.
 VANILLA = {"method": "mean", "timestep_sampling": "uniform", "weighting": "constant"}
 METHOD_SHORTHANDS: dict[str, dict[str, str]] = {
     "vanilla": VANILLA,
     "min-snr": {**VANILLA, "weighting": "min-snr"},
     "p2": {**VANILLA, "weighting": "p2"},
+    "edm2": {**VANILLA, "weighting": "edm2"},
+    "debiased": {**VANILLA, "weighting": "debiased"},
 }
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -267,13 +271,13 @@ def validate(cfg: TrainConfig) -> None:
     for name, value, names in (
         ("schedule", cfg.schedule, SCHEDULES),
         ("prediction", cfg.prediction, PREDICTIONS),
-        ("timestep sampling", cfg.timestep_sampling, TIMESTEP_SAMPLINGS),
         ("sampler", cfg.sampler, SAMPLERS),
         ("precision", cfg.precision, PRECISIONS),
     ):
         if value not in names:
             raise AntError(f"unknown {name} {value!r}; choose from {', '.join(names)}")
     check_size(cfg.timesteps)
+    build_timestep_sampler(cfg.timestep_sampling, IntervalPartition.uniform(cfg.timesteps, 1))
     spec = ClusterSpec.parse(cfg.clusters)
     if spec.k > cfg.timesteps:
         raise AntError(f"--clusters {cfg.clusters}: K must be <= timesteps ({cfg.timesteps})")
@@ -284,8 +288,17 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.method not in METHODS and not cfg.method.startswith(TORCHJD_PREFIX):
         names = ", ".join([*METHOD_SHORTHANDS, *METHODS, TORCHJD_PREFIX + "NAME"])
         raise AntError(f"unknown method {cfg.method!r}; choose from {names}")
-    check_method(cfg.method, spec.k, cfg.method_options)
-    build_weighting(cfg.weighting, cfg.prediction)
+    shaped = cfg.timestep_sampling.split(":")[0] not in ("uniform", "stratified")
+    if cfg.method == "mean" and spec.k > 1 and shaped:
+        raise AntError(
+            f"--method mean averages the {spec.k} interval losses, which undoes the weight "
+            f"--timestep-sampling {cfg.timestep_sampling} gives the intervals; use --clusters "
+            "timestep:1 (one task: the plain mean over the samples)"
+        )
+    method = build_method(cfg.method, spec.k, **cfg.method_options)
+    learned = build_weighting(cfg.weighting, cfg.prediction).name == "edm2"
+    if learned and isinstance(method, GramianMethod):  # u would get no combined gradient
+        raise AntError(f"the edm2 weighting trains with loss-based methods, not {cfg.method}")
     timestep_range(cfg)
 
 

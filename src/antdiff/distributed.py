@@ -45,6 +45,22 @@ class Dist:
         dist.broadcast(t, src=0)
         return t.cpu()
 
+    def average_grads(self, params: list[torch.Tensor]) -> None:
+        """Average the gradients of parameters that DDP does not hold over the ranks."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if self.world > 1 and grads:
+            for g in grads:
+                dist.all_reduce(g)
+                g.div_(self.world)
+
+    def gather_rows(self, rows: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+        """The [n] vector whose entries `rows` each rank holds (`values`), on every rank."""
+        out = torch.zeros(n, dtype=torch.float64, device=self.device)
+        out[rows.to(self.device)] = values.to(self.device, torch.float64)
+        if self.world > 1:
+            dist.all_reduce(out)
+        return out.cpu()
+
     def all_true(self, ok: bool) -> bool:
         """Whether `ok` holds on every rank."""
         return self.max_int(0 if ok else 1) == 0

@@ -26,41 +26,18 @@ from torch.nn.parallel import DistributedDataParallel
 from antdiff import build, distributed
 from antdiff.batch import Batch, draw_batch
 from antdiff.build import Components
-from antdiff.config import RunInfo, TrainConfig
+from antdiff.config import TrainConfig
 from antdiff.diffusion import per_sample_loss
 from antdiff.errors import AntError, Interrupted, NonFiniteError
 from antdiff.mtl import mtl_after_step, mtl_backward
 from antdiff.progress import Progress
+from antdiff.resume import check_resumable, checkpoint_info
 from antdiff.rundir import Checkpoint, RunDir
 from antdiff.signals import StopSignals
-from antdiff.tasks import Clustering, IntervalPartition
-
-# Config keys that change only the outputs of a run, never its weights.
-OUTPUTS = {"out", "log_every", "checkpoint_every", "keep_checkpoints", "num_samples", "sampler",
-           "sample_steps", "guidance", "device", "eval_every", "eval_num"}  # fmt: skip
-# What may change on --resume: outputs, the steps, and the learning rate and clipping (to
-# continue a run that diverged with a lower --lr).
-RESUMABLE = OUTPUTS | {"steps", "lr", "grad_clip"}
+from antdiff.tasks import Clustering
 
 #: Evaluates a model (the EMA weights, in eval mode) and returns JSON-friendly metrics.
 EvalFn = Callable[[nn.Module], dict[str, Any]]
-
-
-def checkpoint_info(info: RunInfo, ckpt: Checkpoint) -> RunInfo:
-    """The run record as of a checkpoint: its tasks (an affinity:K:auto run may have chosen
-    them after the checkpoint was written)."""
-    partition = IntervalPartition.from_dict(ckpt.state["partition"])
-    cost = ckpt.state.get("clustering_cost", info.clustering_cost)
-    return replace(info, partition=partition, clustering_cost=cost)
-
-
-def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:
-    """Refuse to resume a run with settings that change what it trains."""
-    old, new = saved.to_dict(), wanted.to_dict()
-    diff = sorted(k for k in old if k not in RESUMABLE and old[k] != new[k])
-    if diff:
-        detail = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff)
-        raise AntError(f"{wanted.out} was trained with another config ({detail})")
 
 
 class Trainer:
@@ -79,10 +56,11 @@ class Trainer:
         self.model = parts.model.to(dev)
         self.method = parts.method
         self.method.to(dev)
-        self.timestep_weights = parts.timestep_weights.to(dev)
+        self.weighting = parts.weighting.to(dev)
         self.alphas = parts.schedule.alphas_cumprod.float().to(dev)
         self.optimizer = torch.optim.AdamW(
-            [{"params": list(self.model.parameters())}, *self.method.param_groups()],
+            [{"params": list(self.model.parameters())}, *self.method.param_groups(),
+             *self.weighting.param_groups()],
             lr=cfg.lr, weight_decay=cfg.weight_decay,
         )  # fmt: skip
         self.ema = EMAModel(self.model.parameters(), decay=cfg.ema_decay)
@@ -92,6 +70,7 @@ class Trainer:
         self.labels = None if parts.data.labels is None else parts.data.labels.to(dev)
         self.step = 0
         self.seconds = 0.0  # training time of the steps done before this process started
+        self.t_counts = torch.zeros(20, dtype=torch.long)  # timesteps drawn since the last log
         self.auto = parts.auto
         self.net: nn.Module = self.model
         if dist.world > 1:
@@ -184,6 +163,9 @@ class Trainer:
         torch.set_rng_state(ckpt.state["rng"]["torch"])
         if self.auto is not None:
             self.auto.load_state_dict(ckpt.state["auto"])
+        if "weighting" in ckpt.state:  # (checkpoints of older versions have neither)
+            self.weighting.load_state_dict(ckpt.state["weighting"])
+            self.parts.sampler.load_state_dict(ckpt.state["sampler"])
         self.step = ckpt.step
         if self.dist.main:
             self.run.set_aside_after(self.step)
@@ -218,6 +200,8 @@ class Trainer:
             "auto": self.auto.state_dict() if self.auto is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(),
+            "weighting": self.weighting.state_dict(),
+            "sampler": self.parts.sampler.state_dict(),
             "ema": ema_state,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": {"torch": torch.get_rng_state()},
@@ -234,14 +218,11 @@ class Trainer:
         `chosen` (the DP over the measured affinity); the run records them."""
         assert self.auto is not None
         info = replace(self.parts.info, partition=chosen.partition, clustering_cost=chosen.cost)
-        sampler, method, weights = build.tasks(self.cfg, info, self.parts.schedule)
-        self.method, self.timestep_weights = (
-            method.to(self.dist.device),
-            weights.to(self.dist.device),
-        )
+        sampler, method, weighting = build.tasks(self.cfg, info, self.parts.schedule)
+        self.method, self.weighting = method.to(self.dist.device), weighting.to(self.dist.device)
         self.parts = replace(self.parts, info=info, sampler=sampler, method=method,
-                             timestep_weights=weights, auto=None)  # fmt: skip
-        for group in method.param_groups():  # UW's log-variances, in their own group
+                             weighting=weighting, auto=None)  # fmt: skip
+        for group in [*method.param_groups(), *weighting.param_groups()]:  # own groups (UW)
             self.optimizer.add_param_group(group)
         self.clip = self.cfg.grad_clip or method.default_max_grad_norm
         if self.dist.main:
@@ -275,10 +256,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def loss_fn(
-        self, batch: Batch, local: torch.Tensor, net: nn.Module | None = None
+        self,
+        batch: Batch,
+        local: torch.Tensor,
+        net: nn.Module | None = None,
+        record: list | None = None,
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Per-sample (weighted) losses of the local samples `index` of this rank's slice, by
-        `net` (default: the DDP wrapper under torchrun, whose backward syncs gradients)."""
+        """Per-sample losses of the local samples `index` of this rank's slice, weighted
+        (`--weighting`, then the sampler's importance weights), by `net` (default: the DDP
+        wrapper under torchrun, whose backward syncs gradients); `record` collects the
+        (rows, losses) before the importance weights."""
         dev, cfg, classes = self.dist.device, self.cfg, self.parts.info.num_classes
         net = net or self.net
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
@@ -294,7 +281,10 @@ class Trainer:
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
                 loss = per_sample_loss(net, x0, t, batch.noise[rows].to(dev), self.alphas,
                                        prediction=cfg.prediction, y=y)  # fmt: skip
-            return loss.float() * self.timestep_weights[t]
+            weighted = self.weighting(loss.float(), t)
+            if record is not None:
+                record.append((rows, weighted.detach()))
+            return weighted * batch.weight[rows].to(dev)
 
         return fn
 
@@ -303,7 +293,11 @@ class Trainer:
         batch = draw_batch(cfg, len(parts.data), parts.info.shape, parts.sampler, self.step)
         local = self.dist.local_slice(cfg.batch_size)
         counts = torch.bincount(batch.task, minlength=parts.partition.k)
-        loss_fn = self.loss_fn(batch, local)
+        self.t_counts += torch.bincount(batch.t * len(self.t_counts) // cfg.timesteps,
+                                        minlength=len(self.t_counts))  # fmt: skip
+        record = [] if parts.sampler.observes else None
+        loss_fn = self.loss_fn(batch, local, record=record)
+        self.weighting.zero_grad(set_to_none=True)
         try:
             info = mtl_backward(self.method, loss_fn, batch.task[local], counts, self.net,
                                 self.scaler)  # fmt: skip
@@ -313,11 +307,16 @@ class Trainer:
                 f"{self._last_good()}"
             ) from e
         if info.finite:
+            self.dist.average_grads(list(self.weighting.parameters()))  # outside DDP's module
             if self.clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
             self.optimizer.step()
             self.ema.step(self.model.parameters())
-            mtl_after_step(self.method, loss_fn, batch.task[local], counts, self.net)
+            mtl_after_step(self.method, self.loss_fn(batch, local), batch.task[local], counts,
+                           self.net)  # fmt: skip
+            if record is not None:  # the global batch's losses, the same on every rank
+                rows, losses = (torch.cat(parts) for parts in zip(*record, strict=True))
+                parts.sampler.observe(batch.t, self.dist.gather_rows(rows, losses, cfg.batch_size))
         self.step += 1
         valid = ~torch.isnan(info.task_losses)
         loss = float((info.task_losses[valid] * counts[valid]).sum() / counts[valid].sum())
@@ -365,7 +364,9 @@ class Trainer:
                 self.set_tasks(chosen, progress.elapsed)
             skipped += not row["finite"]
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                row = {"step": self.step, **row, "skipped": skipped, "time": progress.elapsed}
+                row = {"step": self.step, **row, "skipped": skipped, "time": progress.elapsed,
+                       "t_hist": self.t_counts.tolist()}  # fmt: skip
+                self.t_counts.zero_()
                 if self.dist.main:
                     self.run.append_metrics(row)
                 progress.update(self.step, row["loss"])

@@ -40,9 +40,10 @@ from antdiff.errors import AntError
 from antdiff.evaluate import Evaluator
 from antdiff.metrics import draw_heldout_triples, heldout_losses
 from antdiff.report import plot_transfer, write_experiment_report
+from antdiff.resume import OUTPUTS
 from antdiff.rundir import RunDir, read_config
 from antdiff.tasks import IntervalPartition, clustering_from_spec
-from antdiff.train import OUTPUTS, Trainer
+from antdiff.train import Trainer
 
 BUDGETS = ("steps", "samples")
 DEFAULT_HOLDOUT = 300  # held-out samples when the data set has no default (digits: 300)

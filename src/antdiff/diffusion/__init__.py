@@ -4,13 +4,22 @@ loss weightings (Min-SNR, P2, ...) and reverse-diffusion samplers (through diffu
 from antdiff.diffusion.loss import PREDICTIONS, per_sample_loss, q_sample, target
 from antdiff.diffusion.samplers import SAMPLERS, generate, make_scheduler
 from antdiff.diffusion.schedule import SCHEDULES, NoiseSchedule
-from antdiff.diffusion.weighting import WEIGHTINGS, LossWeighting, build_weighting
+from antdiff.diffusion.weighting import (
+    WEIGHTINGS,
+    FixedWeighting,
+    LearnedWeighting,
+    LossWeighting,
+    build_weighting,
+    sample_weighting,
+)
 
 __all__ = [
     "PREDICTIONS",
     "SAMPLERS",
     "SCHEDULES",
     "WEIGHTINGS",
+    "FixedWeighting",
+    "LearnedWeighting",
     "LossWeighting",
     "NoiseSchedule",
     "build_weighting",
@@ -18,5 +27,6 @@ __all__ = [
     "make_scheduler",
     "per_sample_loss",
     "q_sample",
+    "sample_weighting",
     "target",
 ]

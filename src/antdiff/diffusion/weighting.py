@@ -18,6 +18,12 @@ so w_eps = w_x0 / SNR, w_v = w_x0 / (SNR + 1), w_sample = w_x0. The x0-space wei
                  eps: gamma / (SNR + gamma); v: gamma SNR / ((SNR + gamma)(SNR + 1)); default 5.
 * p2:            SNR / (k + SNR)^gamma   (Choi et al. 2022, eq. 8: lambda'_t = 1/(k + SNR)^gamma on
                  the eps loss, unnormalised as the authors trained); defaults gamma = 1, k = 1.
+* debiased:      SNR / sqrt(SNR) = sqrt(SNR), i.e. 1 / sqrt(SNR) on the eps loss (Yu et al. 2023,
+                 "Debiasing scores and prompts of 2D diffusion for view-consistent text-to-3D";
+                 kohya sd-scripts' `apply_debiased_estimation`, SNR capped at max_snr = 1000, and
+                 floored at 1e-6 here so that a zero terminal SNR stays finite).
+* edm2:          constant, plus a learned log-variance u(sigma) per noise level (Karras et al. 2024,
+                 EDM2, Eq. 14-16, 21): the loss becomes exp(-u) L + u (`LearnedWeighting`).
 
 Every formula is written so that SNR = 0 (zero-terminal-SNR schedules, Lin et al. 2024) gives a
 finite value (e.g. min(1, g/0) = 1, not 0/0). Used with any MTL method: it multiplies the
@@ -26,11 +32,13 @@ per-sample loss before the per-task reduction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from antdiff.diffusion.loss import check_prediction
 from antdiff.diffusion.schedule import NoiseSchedule
@@ -41,6 +49,8 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "min-snr": {"gamma": 5.0},
     "soft-min-snr": {"gamma": 5.0},
     "p2": {"gamma": 1.0, "k": 1.0},
+    "debiased": {"max_snr": 1000.0},
+    "edm2": {"lr": 0.0},  # the learning rate of u's own group; 0: the model's
 }
 
 
@@ -73,11 +83,22 @@ def _constant(snr: Tensor, pred: str, **_: float) -> Tensor:
     return torch.ones_like(snr)
 
 
+def _debiased(snr: Tensor, pred: str, max_snr: float) -> Tensor:
+    eps_weight = 1.0 / snr.clamp(1e-6, max_snr).sqrt()
+    if pred == "epsilon":
+        return eps_weight
+    if pred == "v":
+        return eps_weight * snr / (snr + 1.0)
+    return snr * eps_weight
+
+
 WEIGHTINGS: dict[str, Callable[..., Tensor]] = {
     "constant": _constant,
     "min-snr": _min_snr,
     "soft-min-snr": _soft_min_snr,
     "p2": _p2,
+    "debiased": _debiased,
+    "edm2": _constant,
 }
 
 
@@ -126,6 +147,70 @@ def build_weighting(spec: str, prediction: str = "epsilon") -> LossWeighting:
             raise AntError(f"{name} {key} must be a number, got {value.strip()!r}") from None
     if "gamma" in params and not params["gamma"] > 0:
         raise AntError(f"{name} gamma must be > 0, got {params['gamma']:g}")
+    if "max_snr" in params and not params["max_snr"] > 0:
+        raise AntError(f"debiased max_snr must be > 0, got {params['max_snr']:g}")
+    if "lr" in params and not params["lr"] >= 0:
+        raise AntError(f"edm2 lr must be >= 0 (0: the model's), got {params['lr']:g}")
     if "k" in params and not params["k"] > 0:
         raise AntError(f"p2 k must be > 0 (k = 0 is infinite at SNR = 0), got {params['k']:g}")
     return LossWeighting(name, prediction, params)
+
+
+class FixedWeighting(nn.Module):
+    """Per-sample losses times the fixed weight of their timestep, w[t] (a [T] table)."""
+
+    def __init__(self, table: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("table", table.detach().float())
+
+    def forward(self, losses: Tensor, t: Tensor) -> Tensor:
+        return losses * self.table[t]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return []
+
+
+class LearnedWeighting(FixedWeighting):
+    """EDM2's uncertainty weighting over the noise level (Karras et al. 2024, Eq. 14-16, 21):
+    exp(-u(sigma)) w[t] L + u(sigma), with u = a linear map of fixed Fourier features of
+    c_noise = ln(sigma) / 4 (sigma = 1 / sqrt(SNR) for DDPM), as EDM2's `logvar_fourier` and
+    `logvar_linear`. It is "uncertainty weighting without clusters": at the optimum
+    u(sigma) = log E[w L | sigma]. The linear map starts at zero (EDM2's starts random), so
+    training starts from the plain loss; it trains in its own optimizer group."""
+
+    def __init__(
+        self, table: Tensor, log_snr: Tensor, lr: float = 0.0, channels: int = 128, seed: int = 0
+    ) -> None:
+        super().__init__(table)
+        g = torch.Generator().manual_seed(seed)
+        freqs = 2 * math.pi * torch.randn(channels, generator=g, dtype=torch.float64)
+        phases = 2 * math.pi * torch.rand(channels, generator=g, dtype=torch.float64)
+        c_noise = -log_snr.double().clamp(-30, 30)[:, None] / 8  # ln(1/sqrt(SNR)) / 4
+        self.register_buffer(
+            "features", (torch.cos(c_noise * freqs + phases) * math.sqrt(2)).float()
+        )
+        self.linear = nn.Linear(channels, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.lr = lr
+
+    def log_variance(self, t: Tensor) -> Tensor:
+        """u at the noise level of each timestep [B]."""
+        return self.linear(self.features[t]).squeeze(-1)
+
+    def forward(self, losses: Tensor, t: Tensor) -> Tensor:
+        u = self.log_variance(t)
+        return torch.exp(-u) * super().forward(losses, t) + u
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        lr = {"lr": self.lr} if self.lr else {}
+        return [{"params": list(self.linear.parameters()), "weight_decay": 0.0, **lr}]
+
+
+def sample_weighting(spec: str, prediction: str, schedule: NoiseSchedule) -> FixedWeighting:
+    """The per-sample weighting `--weighting` (a module: EDM2's has parameters)."""
+    weighting = build_weighting(spec, prediction)
+    table = weighting.precompute(schedule)
+    if weighting.name == "edm2":
+        return LearnedWeighting(table, schedule.log_snr, lr=weighting.params["lr"])
+    return FixedWeighting(table)

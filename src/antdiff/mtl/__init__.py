@@ -59,11 +59,6 @@ def build_method(name: str, num_tasks: int, **options: Any) -> MTLMethod:
         raise AntError(f"bad option for method {name!r}: {e}") from None
 
 
-def check_method(name: str, num_tasks: int, options: dict[str, Any]) -> None:
-    """Raise AntError now if `build_method(name, num_tasks, **options)` would."""
-    build_method(name, num_tasks, **options)
-
-
 __all__ = [
     "FAMO",
     "METHODS",
@@ -79,7 +74,6 @@ __all__ = [
     "TorchJDMethod",
     "UncertaintyWeighting",
     "build_method",
-    "check_method",
     "mtl_after_step",
     "mtl_backward",
     "nash_weights",

@@ -92,6 +92,27 @@ def tasks_section(run: RunDir, train_seconds: float, log_snr: np.ndarray) -> Sec
     return "Tasks chosen from the measured affinity", f"<p>{text}</p>{png(fig)}"
 
 
+def sampling_section(rows: list[dict[str, Any]], steps: int) -> Section | None:
+    """The timestep density the run trained on, in each third of its steps (from the histograms
+    of drawn timesteps in metrics.jsonl)."""
+    hists = [(r["step"], np.asarray(r["t_hist"], float)) for r in rows if "t_hist" in r]
+    if not hists:
+        return None
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
+    bins = len(hists[0][1])
+    for third in range(3):
+        lo, hi = third * steps / 3, (third + 1) * steps / 3
+        counts = sum((h for s, h in hists if lo < s <= hi), np.zeros(bins))
+        if counts.sum():
+            ax.step(np.arange(bins) + 0.5, counts / counts.sum() * bins, where="mid",
+                    label=f"steps {int(lo)}-{int(hi)}")  # fmt: skip
+    ax.set(xlabel=f"timestep t (in {bins} equal bins)", ylabel="density / uniform")
+    ax.axhline(1.0, color="grey", lw=0.6)
+    ax.legend(fontsize=7)
+    return "Timestep sampling", png(fig)
+
+
 def write_report(run: RunDir) -> Path:
     """Write `report.html` of the run and return its path."""
     cfg, info = run.cfg, run.info
@@ -105,6 +126,9 @@ def write_report(run: RunDir) -> Path:
         sections.append(("Per-task loss", png(fig)))
         fig = plot_task_curves(train_rows, "task_weights", "weight on task loss", log=False)
         sections.append(("Method weights", png(fig)))
+    sampling = sampling_section(train_rows, cfg.steps)
+    if sampling:
+        sections.append(sampling)
     evals = [(r["step"], r["eval"]) for r in rows if "eval" in r]
     if evals:
         sections.append(("Evaluation over training", png(plot_eval_curves(evals))))

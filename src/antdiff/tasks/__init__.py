@@ -26,6 +26,9 @@ from antdiff.tasks.spec import (
 )
 from antdiff.tasks.timesteps import (
     TIMESTEP_SAMPLINGS,
+    LogitNormalSampler,
+    LossAwareSampler,
+    ModeSampler,
     RangeSampler,
     StratifiedSampler,
     TimestepSampler,
@@ -39,6 +42,9 @@ __all__ = [
     "ClusterSpec",
     "Clustering",
     "IntervalPartition",
+    "LogitNormalSampler",
+    "LossAwareSampler",
+    "ModeSampler",
     "RangeSampler",
     "SNRCurve",
     "StratifiedSampler",

@@ -1,44 +1,81 @@
 """Timestep samplers (`--timestep-sampling`) that return (t, task_id): the task id travels with
 every sample.
 
-`uniform` is the usual L_simple sampling (Ho et al. 2020); `stratified` is the paper's scheme
-(Go et al. 2023, Sec. 5; official code `util/uw_util.py`): B/k samples per interval,
-t uniform inside it. When B is not divisible by k the remainder goes to randomly chosen intervals,
-so every interval keeps the same expected share. With intervals of unequal width this is NOT the
-uniform timestep distribution of L_simple; record the scheme with the run.
+* `uniform`: t ~ U{0..T-1}, the usual L_simple sampling (Ho et al. 2020).
+* `stratified`: the paper's scheme (Go et al. 2023, Sec. 5; official `util/uw_util.py`): B/k
+  samples per interval, t uniform inside it; when B is not divisible by k the remainder goes to
+  randomly chosen intervals. With intervals of unequal width this is NOT the uniform timestep
+  distribution of L_simple; record the scheme with the run.
+* `logit-normal[:m,s]`: t/T = sigmoid(u), u ~ N(m, s^2) (Esser et al. 2024, SD3, Sec. 3.1;
+  diffusers' `compute_density_for_timestep_sampling`); default m = 0, s = 1.
+* `mode[:scale]`: t/T = 1 - u - scale (cos^2(pi u / 2) - 1 + u), u ~ U(0, 1) (the same paper's
+  mode sampling, heavier in the middle for scale > 0); default scale 1.29.
+* `loss-aware[:history]`: p_t proportional to sqrt(E[L_t^2]) over the last `history` losses at
+  each t, mixed with 0.1% uniform, once every t has them (uniform before); each sample is
+  weighted by 1 / (T p_t), so the objective stays the uniform one in expectation (Nichol &
+  Dhariwal 2021, Improved DDPM, Sec. 3.3). Its state is checkpointed.
+
+Besides `sample`, each sampler gives `density()`, the probabilities it draws t with now [T].
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import numpy as np
 import torch
+from scipy.special import logit, ndtr
 
 from antdiff.errors import AntError
 from antdiff.tasks.partition import IntervalPartition
 
 
-class UniformSampler:
-    """t ~ U{0..T-1} (the usual L_simple sampling); task ids by lookup."""
+class TimestepSampler:
+    """Base: draws t, looks up the task ids; no importance weights, no state."""
 
     name = "uniform"
+    observes = False  # True: the trainer hands it the batch's losses after each step
 
     def __init__(self, partition: IntervalPartition) -> None:
         self.partition = partition
+        self.T = partition.timesteps
 
     def sample(
         self, batch_size: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _check_batch(batch_size)
-        t = torch.randint(0, self.partition.timesteps, (batch_size,), generator=generator)
+        t = self.draw(batch_size, generator)
         return t, self.partition.task_of(t)
 
+    def draw(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
+        return torch.randint(0, self.T, (batch_size,), generator=generator)
 
-class StratifiedSampler:
+    def density(self) -> np.ndarray:
+        return np.full(self.T, 1.0 / self.T)
+
+    def importance(self, t: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample loss weights that keep the objective unbiased (None: all 1)."""
+        return None
+
+    def observe(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """The global batch's per-sample losses after a step (loss-aware sampling only)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class UniformSampler(TimestepSampler):
+    """t ~ U{0..T-1} (the usual L_simple sampling); task ids by lookup."""
+
+
+class StratifiedSampler(TimestepSampler):
     """floor(B/k) samples per interval plus the remainder spread over random intervals."""
 
     name = "stratified"
-
-    def __init__(self, partition: IntervalPartition) -> None:
-        self.partition = partition
 
     def counts(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         k = self.partition.k
@@ -58,34 +95,158 @@ class StratifiedSampler:
         t = lefts + (u * widths).long().clamp_max(widths - 1)
         return t, task
 
+    def density(self) -> np.ndarray:
+        widths = self.partition.widths.numpy().astype(np.float64)
+        per_t = 1.0 / (self.partition.k * widths)
+        return np.repeat(per_t, self.partition.widths.numpy())
 
-class RangeSampler:
+
+class RangeSampler(TimestepSampler):
     """t ~ U{L..R} only: a specialist on one interval (negative transfer, O2); ids by lookup."""
 
     name = "range"
 
     def __init__(self, bounds: tuple[int, int], partition: IntervalPartition) -> None:
-        self.bounds, self.partition = bounds, partition
+        super().__init__(partition)
+        self.bounds = bounds
 
-    def sample(
-        self, batch_size: int, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_batch(batch_size)
-        t = torch.randint(self.bounds[0], self.bounds[1] + 1, (batch_size,), generator=generator)
-        return t, self.partition.task_of(t)
+    def draw(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
+        lo, hi = self.bounds
+        return torch.randint(lo, hi + 1, (batch_size,), generator=generator)
+
+    def density(self) -> np.ndarray:
+        p = np.zeros(self.T)
+        p[self.bounds[0] : self.bounds[1] + 1] = 1.0 / (self.bounds[1] - self.bounds[0] + 1)
+        return p
 
 
-TimestepSampler = UniformSampler | StratifiedSampler | RangeSampler
-TIMESTEP_SAMPLINGS = {"uniform": UniformSampler, "stratified": StratifiedSampler}
+class LogitNormalSampler(TimestepSampler):
+    """t = floor(T sigmoid(u)), u ~ N(mean, std^2) (SD3's logit-normal)."""
+
+    name = "logit-normal"
+
+    def __init__(self, partition: IntervalPartition, mean: float = 0.0, std: float = 1.0):
+        super().__init__(partition)
+        if not (math.isfinite(mean) and std > 0):
+            raise AntError(f"logit-normal needs a finite mean and std > 0, got {mean}, {std}")
+        self.mean, self.std = float(mean), float(std)
+
+    def draw(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
+        u = torch.randn(batch_size, generator=generator, dtype=torch.float64)
+        t = torch.sigmoid(u * self.std + self.mean) * self.T
+        return t.long().clamp_max(self.T - 1)
+
+    def density(self) -> np.ndarray:
+        """P(t) = Phi((logit((t+1)/T) - m) / s) - Phi((logit(t/T) - m) / s)."""
+        with np.errstate(divide="ignore"):
+            z = (logit(np.arange(self.T + 1) / self.T) - self.mean) / self.std
+        return np.diff(ndtr(z))
 
 
-def build_timestep_sampler(name: str, partition: IntervalPartition) -> TimestepSampler:
-    """The timestep sampling `name` (`--timestep-sampling`) over the tasks of `partition`."""
+class ModeSampler(TimestepSampler):
+    """t = floor(T f(u)), f(u) = 1 - u - scale (cos^2(pi u / 2) - 1 + u), u ~ U(0, 1)."""
+
+    name = "mode"
+
+    def __init__(self, partition: IntervalPartition, scale: float = 1.29) -> None:
+        super().__init__(partition)
+        grid = np.linspace(0, 1, 10_001)
+        if not (math.isfinite(scale) and np.all(np.diff(self._f(grid, scale)) < 0)):
+            raise AntError(f"mode scale must keep f(u) decreasing (|scale| < ~1.3), got {scale}")
+        self.scale = float(scale)
+
+    @staticmethod
+    def _f(u: Any, scale: float) -> Any:
+        cos = torch.cos if isinstance(u, torch.Tensor) else np.cos
+        return 1 - u - scale * (cos(math.pi * u / 2) ** 2 - 1 + u)
+
+    def draw(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
+        u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+        return (self._f(u, self.scale) * self.T).long().clamp(0, self.T - 1)
+
+    def density(self) -> np.ndarray:
+        """P(t) = |f^-1(t/T) - f^-1((t+1)/T)| (f decreases from 1 to 0), by interpolation."""
+        u = np.linspace(0, 1, 100_001)
+        inverse = np.interp(np.arange(self.T + 1) / self.T, self._f(u, self.scale)[::-1], u[::-1])
+        return -np.diff(inverse)
+
+
+class LossAwareSampler(TimestepSampler):
+    """Improved DDPM's second-moment resampler with importance weights (module docstring)."""
+
+    name = "loss-aware"
+    observes = True
+    UNIFORM = 1e-3
+
+    def __init__(self, partition: IntervalPartition, history: int = 10) -> None:
+        super().__init__(partition)
+        if history < 1:
+            raise AntError(f"loss-aware history must be >= 1, got {history}")
+        self.losses = torch.zeros(self.T, int(history), dtype=torch.float64)
+        self.counts = torch.zeros(self.T, dtype=torch.long)
+
+    def probabilities(self) -> torch.Tensor:
+        if bool((self.counts < self.losses.shape[1]).any()):
+            return torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
+        p = self.losses.square().mean(1).sqrt()
+        p = p / p.sum()
+        return p * (1 - self.UNIFORM) + self.UNIFORM / self.T
+
+    def draw(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
+        return torch.multinomial(self.probabilities(), batch_size, True, generator=generator)
+
+    def density(self) -> np.ndarray:
+        return self.probabilities().numpy()
+
+    def importance(self, t: torch.Tensor) -> torch.Tensor:
+        return (1.0 / (self.T * self.probabilities()[t.cpu()])).float()
+
+    def observe(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Shift each sample's loss into the history of its t (in batch order)."""
+        n = self.losses.shape[1]
+        for ti, li in zip(t.tolist(), losses.detach().double().cpu().tolist(), strict=True):
+            if self.counts[ti] == n:
+                self.losses[ti, :-1] = self.losses[ti, 1:].clone()
+                self.losses[ti, -1] = li
+            else:
+                self.losses[ti, self.counts[ti]] = li
+                self.counts[ti] += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": self.losses.clone(), "counts": self.counts.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.losses, self.counts = state["losses"].clone(), state["counts"].clone()
+
+
+TIMESTEP_SAMPLINGS: dict[str, type[TimestepSampler]] = {
+    "uniform": UniformSampler,
+    "stratified": StratifiedSampler,
+    "logit-normal": LogitNormalSampler,
+    "mode": ModeSampler,
+    "loss-aware": LossAwareSampler,
+}
+
+
+def build_timestep_sampler(spec: str, partition: IntervalPartition) -> TimestepSampler:
+    """The timestep sampling `spec` (`--timestep-sampling`, e.g. `logit-normal:0,1`) over the
+    tasks of `partition`."""
+    name, _, args = spec.partition(":")
     if name not in TIMESTEP_SAMPLINGS:
-        raise AntError(
-            f"unknown timestep sampling {name!r}; choose from {', '.join(TIMESTEP_SAMPLINGS)}"
-        )
-    return TIMESTEP_SAMPLINGS[name](partition)
+        names = ", ".join(TIMESTEP_SAMPLINGS)
+        raise AntError(f"unknown timestep sampling {name!r}; choose from {names}")
+    try:
+        values = [float(a) for a in args.split(",")] if args else []
+    except ValueError:
+        raise AntError(f"timestep sampling {spec!r}: parameters must be numbers") from None
+    if name in ("uniform", "stratified") and values:
+        raise AntError(f"timestep sampling {name} takes no parameters, got {spec!r}")
+    if name == "loss-aware":
+        values = [int(v) for v in values]
+    try:
+        return TIMESTEP_SAMPLINGS[name](partition, *values)
+    except TypeError:
+        raise AntError(f"too many parameters for timestep sampling {name}: {spec!r}") from None
 
 
 def _check_batch(batch_size: int) -> None:
