@@ -39,6 +39,7 @@ ANT = {f"ant-{m}-{c}": f"--method {m} --clusters {SPEC.get(c, f'{c}:5')}" for m 
        "nash") for c in ("timestep", "log-snr", "affinity", "auto")}  # fmt: skip
 # Methods as `antdiff train` flags; stratified-* are controls: ANT's timestep sampling over the
 # intervals with the plain mean loss (no MTL method); -wN: auto with a warm-up of N steps.
+ONE = "--method mean --clusters timestep:1 --timestep-sampling"  # the plain mean over samples
 VARIANTS: dict[str, str] = {
     "vanilla": "--method vanilla", "min-snr": "--method min-snr", "p2": "--method p2", **ANT,
     "famo-timestep": "--method famo",
@@ -47,6 +48,8 @@ VARIANTS: dict[str, str] = {
     "stratified-affinity": "--method mean --clusters affinity:5:{affinity}",
     "stratified-log-snr": "--method mean --clusters log-snr:5",
     **{f"ant-uw-auto-w{w}": f"{ANT['ant-uw-auto']} --affinity-warmup {w}" for w in (20, 50, 200)},
+    "edm2": "--method edm2", "debiased": "--method debiased", "logit-normal":
+    f"{ONE} logit-normal:0,1", "mode": f"{ONE} mode:1.29", "loss-aware": f"{ONE} loss-aware",
 }  # fmt: skip
 DIGITS = "--dataset digits --batch-size 64 --lr 2e-3"
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -169,8 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny end-to-end check (a few minutes)")
     p.add_argument("--dataset", choices=list(SETTINGS), help="setting (default digits)")
     p.add_argument("--methods", help=f"comma list or 'all'; from {list(VARIANTS)}")
-    for name in ("seeds", "results", "out", "affinity"):
-        p.add_argument(f"--{name}")
+    for name in ("seeds", "results", "out", "affinity", "plots", "plot_methods", "markdown"):
+        p.add_argument(f"--{name.replace('_', '-')}")  # --plots DIR: convergence PNGs
     for name in ("steps", "curve_every", "curve_num", "fd_num", "sample_steps",
                  "heldout_per_interval", "eval_seed", "batch_size"):  # fmt: skip
         p.add_argument(f"--{name.replace('_', '-')}", type=int)
@@ -179,10 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="runs side by side (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--plots", help="write convergence PNGs into this folder")
     p.add_argument("--plot-prefix", default="bench")
-    p.add_argument("--plot-methods", help="comma list of methods to plot (default all)")
-    p.add_argument("--markdown", help="also write the tables to this file")
     p.add_argument("--summary-only", action="store_true", help="summarise existing results")
     p.add_argument("--reevaluate", action="store_true", help="redo finished runs' final evaluation")
     p.add_argument("--cost-rounds", type=int, default=5, help="step-cost probe rounds (0: skip)")
