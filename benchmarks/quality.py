@@ -210,14 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summary_only:  # each run in a fresh process
         with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
             pool.map(run_one, jobs, chunksize=1)
-    costs = None
+    cost_file = Path(args.results) / args.dataset / "step_cost.json"
+    costs = json.loads(cost_file.read_text())["ms"] if cost_file.is_file() else None
     if not args.summary_only and args.cost_rounds > 0:  # ms/step measured side by side
         torch.set_num_threads(args.threads)
         argvs = {m: shlex.split(f"{train_flags(args, m, 0)} --device {args.device}".replace(
             "affinity:5:auto", "timestep:5")) for m in ["vanilla", *methods]}  # fmt: skip
         # (auto: the cost of a step after the switch; the bounds do not change it)
-        costs = update_train_costs(Path(args.results) / args.dataset / "step_cost.json", argvs,
-                                   args.cost_rounds)  # fmt: skip
+        costs = update_train_costs(cost_file, argvs, args.cost_rounds)
     files = [p for m in VARIANTS for p in sorted(Path(args.results, args.dataset, m).glob("s*"))]
     results = [r for p in files if (r := json.loads(p.read_text()))["steps"] == args.steps]
     if not results:

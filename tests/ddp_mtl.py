@@ -1,7 +1,8 @@
 """Run by tests/test_ddp_mtl.py under `torchrun --nproc_per_node 2` (CPU, gloo).
 
 For each method, 3 optimizer steps of a tiny MLP under DDP (uneven local batches, a task present
-on one rank only) must give the parameters of one process on the same global batch.
+on one rank only) must give the parameters of one process on the same global batch; so must DDP
+with each rank's share accumulated over 2 micro-batches (`Accumulation`).
 Writes {method: max relative parameter difference} as JSON to argv[1] (rank 0).
 """
 
@@ -15,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from antdiff.mtl import build_method, mtl_after_step, mtl_backward
+from antdiff.mtl import Accumulation, build_method, mtl_after_step, mtl_backward
 
 K = 3
 STEPS = 3
@@ -44,8 +45,9 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
 
 
-def train(name: str, rank: int | None) -> tuple[list[torch.Tensor], dict]:
-    """rank None: one process on the global batch; else this rank's share under DDP."""
+def train(name: str, rank: int | None, micro: int = 1) -> tuple[list[torch.Tensor], dict]:
+    """rank None: one process on the global batch; else this rank's share under DDP, in `micro`
+    micro-batches."""
     net = make_model()
     model = net if rank is None else DistributedDataParallel(net)
     method = build_method(name.split("_")[0], num_tasks=K, **METHODS[name])
@@ -64,7 +66,13 @@ def train(name: str, rank: int | None) -> tuple[list[torch.Tensor], dict]:
             return ((model(x[index]) - y[index]) ** 2).mean(dim=1) * scale[ids[index]]
 
         opt.zero_grad()
-        info = mtl_backward(method, loss_fn, ids, counts, model)
+        if micro == 1:
+            info = mtl_backward(method, loss_fn, ids, counts, model)
+        else:
+            acc = Accumulation(method, model, counts, micro_batches=micro)
+            for part in torch.tensor_split(torch.arange(len(ids)), micro):
+                acc.add(lambda i, part=part: loss_fn(part[i]), ids[part])
+            info = acc.step()
         assert info.finite
         if method.default_max_grad_norm is not None:
             nn.utils.clip_grad_norm_(net.parameters(), method.default_max_grad_norm)
@@ -82,9 +90,11 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     results = {}
-    for name in METHODS:
-        ddp_params, ddp_state = train(name, rank)
-        ref_params, ref_state = train(name, None)
+    for name in [*METHODS, *(f"{m}+accumulate" for m in METHODS if m != "famo_same_batch")]:
+        micro = 2 if name.endswith("+accumulate") else 1
+        name_ = name.removesuffix("+accumulate")
+        ddp_params, ddp_state = train(name_, rank, micro)
+        ref_params, ref_state = train(name_, None)
         diff = rel_diff(ddp_params, ref_params)
         states = [
             v for v in ddp_state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()
@@ -98,7 +108,7 @@ def main() -> None:
     gathered = [None, None]
     dist.all_gather_object(gathered, results)
     if rank == 0:
-        worst = {n: max(r[n] for r in gathered) for n in METHODS}
+        worst = {n: max(r[n] for r in gathered) for n in gathered[0]}
         with open(sys.argv[1], "w") as f:
             json.dump(worst, f)
     dist.barrier()  # no rank tears gloo down while the other still talks to it

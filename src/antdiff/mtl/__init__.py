@@ -18,6 +18,7 @@ import inspect
 from typing import Any
 
 from antdiff.errors import AntError
+from antdiff.mtl.accumulate import Accumulation
 from antdiff.mtl.base import GramianMethod, LossMethod, MTLMethod
 from antdiff.mtl.engine import StepInfo, mtl_after_step, mtl_backward, task_sums
 from antdiff.mtl.famo import FAMO
@@ -63,6 +64,7 @@ __all__ = [
     "FAMO",
     "METHODS",
     "TORCHJD_PREFIX",
+    "Accumulation",
     "GramianMethod",
     "LossMethod",
     "MTLMethod",

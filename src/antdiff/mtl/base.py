@@ -77,6 +77,10 @@ class MTLMethod(nn.Module):
 class LossMethod(MTLMethod):
     """losses [K] -> scalar objective; may hold learnable parameters (trained by the caller)."""
 
+    #: Whether the task weights d objective / d L_k depend on the losses L (FAMO) or only on the
+    #: method's state (mean, uncertainty weighting): gradient accumulation needs to know.
+    weights_from_losses: bool = True
+
     def forward(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 

@@ -85,9 +85,25 @@ def mtl_backward(
     else:
         raise AntError(f"{type(method).__name__} is not a LossMethod or a GramianMethod")
     losses, weights, finite = step(method, loss_fn, ids, counts, present, params, model, scale)
+    return _finish(method, losses, weights, finite, present, scaler, params[0].device,
+                   refreshed=step is _refresh_step)  # fmt: skip
+
+
+def _finish(
+    method: MTLMethod,
+    losses: Tensor,
+    weights: Tensor,
+    finite: bool,
+    present: Tensor,
+    scaler: torch.amp.GradScaler | None,
+    device: torch.device,
+    refreshed: bool,
+) -> StepInfo:
+    """Report the step to the scaler (or refuse a non-finite one without it), advance the
+    method, and describe the step."""
     losses = torch.where(present, losses.cpu(), torch.full_like(losses.cpu(), float("nan")))
     if scaler is not None:
-        _report_to_scaler(scaler, found_inf=not finite, device=params[0].device)
+        _report_to_scaler(scaler, found_inf=not finite, device=device)
     elif not finite:
         bad = [k for k in range(method.num_tasks) if present[k] and not losses[k].isfinite()]
         raise NonFiniteError(
@@ -97,7 +113,7 @@ def mtl_backward(
     if finite:
         method.advance()
     weights = torch.where(present, weights.detach().float().cpu(), 0.0)  # cached: absent -> 0
-    return StepInfo(losses, weights, finite, refreshed=step is _refresh_step)
+    return StepInfo(losses, weights, finite, refreshed=refreshed)
 
 
 def mtl_after_step(
@@ -216,8 +232,13 @@ def _refresh_step(
 
 
 def _check_inputs(
-    method: MTLMethod, task_ids: Tensor, task_counts: Tensor | None, model: nn.Module
+    method: MTLMethod,
+    task_ids: Tensor,
+    task_counts: Tensor | None,
+    model: nn.Module,
+    partial: bool = False,
 ) -> tuple[Tensor, Tensor]:
+    """(task ids, counts of the global batch); `partial`: the ids are one micro-batch of it."""
     k = method.num_tasks
     if not isinstance(task_ids, Tensor) or task_ids.dim() != 1 or task_ids.is_floating_point():
         raise AntError("task_ids must be a 1-D integer tensor [B] (one task id per sample)")
@@ -238,7 +259,7 @@ def _check_inputs(
             raise AntError(
                 f"task_counts {counts.tolist()} are below the local counts {local_counts.tolist()}"
             )
-        if _world(model)[0] == 1 and not torch.equal(local_counts, counts):
+        if _world(model)[0] == 1 and not partial and not torch.equal(local_counts, counts):
             raise AntError(
                 f"task_counts {counts.tolist()} differ from the batch's {local_counts.tolist()}"
             )
@@ -247,16 +268,27 @@ def _check_inputs(
     return task_ids.long(), counts
 
 
+def _ddp(model: nn.Module) -> DistributedDataParallel | None:
+    """The DDP module in `model`'s wrappers (torch.compile's, accelerate's), if any."""
+    while not isinstance(model, DistributedDataParallel):
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return None
+        model = inner
+    return model
+
+
 def _world(model: nn.Module) -> tuple[int, dist.ProcessGroup | None]:
-    """World size and group: > 1 only for a DistributedDataParallel model."""
-    if isinstance(model, DistributedDataParallel):
-        group = model.process_group
-        return dist.get_world_size(group), group
+    """World size and group: > 1 only for a model under DistributedDataParallel."""
+    ddp = _ddp(model)
+    if ddp is not None:
+        return dist.get_world_size(ddp.process_group), ddp.process_group
     return 1, None
 
 
 def _no_sync(model: nn.Module) -> AbstractContextManager[object]:
-    return model.no_sync() if isinstance(model, DistributedDataParallel) else nullcontext()
+    ddp = _ddp(model)
+    return ddp.no_sync() if ddp is not None else nullcontext()
 
 
 def _call(loss_fn: LossFn, index: Tensor) -> Tensor:

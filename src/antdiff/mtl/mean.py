@@ -10,6 +10,8 @@ from antdiff.mtl.base import LossMethod
 class Mean(LossMethod):
     """sum_k L_k / n over the n present tasks; weights 1/n."""
 
+    weights_from_losses = False
+
     def forward(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
         self.check_losses(losses)
         present = self.present_mask(present, losses.device)

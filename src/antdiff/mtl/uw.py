@@ -23,6 +23,8 @@ from antdiff.mtl.base import LossMethod
 class UncertaintyWeighting(LossMethod):
     """ANT-UW: learnable log-variances, one per task."""
 
+    weights_from_losses = False
+
     def __init__(self, num_tasks: int, lr: float = 0.025) -> None:
         super().__init__(num_tasks)
         if not lr > 0:
