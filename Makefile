@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e ".[dev,torchjd]"
+	$(BIN)/pip install -q -e ".[dev,torchjd,accelerate]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,8 +2,10 @@
 
 For each method, 3 optimizer steps of a tiny MLP under DDP (uneven local batches, a task present
 on one rank only) must give the parameters of one process on the same global batch; so must DDP
-with each rank's share accumulated over 2 micro-batches (`Accumulation`).
-Writes {method: max relative parameter difference} as JSON to argv[1] (rank 0).
+with each rank's share accumulated over 2 micro-batches (`Accumulation`), DDP under
+torch.compile, and FSDP2 (`fully_shard`) for the loss-based methods; FSDP2 with a Gramian
+method must be refused. Writes {case: max relative parameter difference, or the refusal} as
+JSON to argv[1] (rank 0).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import sys
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from antdiff.errors import AntError
 from antdiff.mtl import Accumulation, build_method, mtl_after_step, mtl_backward
 
 K = 3
@@ -45,11 +49,23 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
 
 
-def train(name: str, rank: int | None, micro: int = 1) -> tuple[list[torch.Tensor], dict]:
-    """rank None: one process on the global batch; else this rank's share under DDP, in `micro`
-    micro-batches."""
+def wrap(net: nn.Module, how: str) -> nn.Module:
+    if how == "fsdp":
+        for layer in net:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        return fully_shard(net)
+    ddp = DistributedDataParallel(net)
+    return torch.compile(ddp, backend="eager") if how == "compile" else ddp
+
+
+def train(
+    name: str, rank: int | None, micro: int = 1, how: str = "ddp"
+) -> tuple[list[torch.Tensor], dict]:
+    """rank None: one process on the global batch; else this rank's share under DDP (`how`:
+    "ddp", "compile": DDP under torch.compile, "fsdp": FSDP2), in `micro` micro-batches."""
     net = make_model()
-    model = net if rank is None else DistributedDataParallel(net)
+    model = net if rank is None else wrap(net, how)
     method = build_method(name.split("_")[0], num_tasks=K, **METHODS[name])
     opt = torch.optim.SGD(
         [{"params": net.parameters()}, *method.param_groups()], lr=0.1, momentum=0.9
@@ -78,7 +94,8 @@ def train(name: str, rank: int | None, micro: int = 1) -> tuple[list[torch.Tenso
             nn.utils.clip_grad_norm_(net.parameters(), method.default_max_grad_norm)
         opt.step()
         mtl_after_step(method, loss_fn, ids, counts, model)
-    return [p.detach().clone() for p in net.parameters()], method.state_dict()
+    params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in net.parameters()]
+    return [p.detach().clone() for p in params], method.state_dict()
 
 
 def rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -90,10 +107,22 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     results = {}
-    for name in [*METHODS, *(f"{m}+accumulate" for m in METHODS if m != "famo_same_batch")]:
-        micro = 2 if name.endswith("+accumulate") else 1
-        name_ = name.removesuffix("+accumulate")
-        ddp_params, ddp_state = train(name_, rank, micro)
+    cases = [
+        *METHODS,
+        *(f"{m}+accumulate" for m in METHODS if m != "famo_same_batch"),
+        *(f"{m}+compile" for m in ("uw", "pcgrad")),
+        *(f"{m}+fsdp" for m in METHODS),
+        "uw+fsdp+accumulate",
+    ]
+    for name in cases:
+        name_, *how = name.split("+")
+        micro = 2 if "accumulate" in how else 1
+        wrapper = "compile" if "compile" in how else "fsdp" if "fsdp" in how else "ddp"
+        try:
+            ddp_params, ddp_state = train(name_, rank, micro, wrapper)
+        except AntError as e:
+            results[name] = str(e)
+            continue
         ref_params, ref_state = train(name_, None)
         diff = rel_diff(ddp_params, ref_params)
         states = [

@@ -25,7 +25,7 @@ LAYERS = [
         "progress",
         "signals",
     },
-    {"metrics", "analysis.sketch", "analysis.gradients"},
+    {"metrics", "analysis.sketch", "analysis.gradients", "integrations"},
     {"config"},
     {"rundir", "batch", "autoclusters"},
     {"resume"},

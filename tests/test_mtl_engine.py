@@ -143,6 +143,38 @@ def test_overflow_skips_step_and_backs_off_scale(name: str) -> None:
         assert not bool(method.has_cached)  # no weights from an overflowed step
 
 
+@pytest.mark.parametrize("name", ["uw", "pcgrad"])
+def test_keep_scaled_leaves_the_scaler_to_the_optimizer(name: str) -> None:
+    """keep_scaled: `.grad` (UW's own too) is the plain gradient times the scale and the scaler
+    untouched, so the caller's scaler.step/update (accelerate's optimizer) apply it once; an
+    overflow is handed over as an inf that makes scaler.step skip and update halve once."""
+    model, loss_fn, ids = make_problem()
+    plain, scaled = build_method(name, num_tasks=K), build_method(name, num_tasks=K)
+    mtl_backward(plain, loss_fn, ids, None, model)
+    grads = [p.grad.clone() for p in (*model.parameters(), *plain.parameters())]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+    info = mtl_backward(scaled, loss_fn, ids, None, model, scaler=scaler, keep_scaled=True)
+    assert info.finite and scaler.get_scale() == 2.0**10
+    for p, g in zip((*model.parameters(), *scaled.parameters()), grads, strict=True):
+        torch.testing.assert_close(p.grad, g * 2.0**10, rtol=1e-6, atol=1e-9)
+    opt = torch.optim.SGD([*model.parameters(), *scaled.parameters()], lr=0.1)
+    ref = [p.detach() - 0.1 * g for p, g in zip(opt.param_groups[0]["params"], grads, strict=True)]
+    scaler.step(opt)
+    scaler.update()
+    for p, r in zip(opt.param_groups[0]["params"], ref, strict=True):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-6, atol=1e-8)
+    assert scaler.get_scale() == 2.0**11  # one finite step: grown once
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    inf_loss = lambda index: loss_fn(index) * float("inf")  # noqa: E731
+    info = mtl_backward(scaled, inf_loss, ids, None, model, scaler=scaler, keep_scaled=True)
+    assert not info.finite
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() == 2.0**10
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
 @pytest.mark.parametrize("name", ["mean", "uw", "famo", "pcgrad", "nash"])
 def test_non_finite_loss_without_scaler_raises(name: str) -> None:
     model, loss_fn, ids = make_problem()

@@ -38,10 +38,11 @@ from antdiff.mtl.engine import (
     _check_inputs,
     _finish,
     _flat_grad,
-    _no_sync,
-    _world,
+    _keep_scaled,
+    _scale,
     task_sums,
 )
+from antdiff.mtl.parallel import all_finite, is_fsdp, no_sync, world_of
 
 
 class Accumulation:
@@ -54,6 +55,7 @@ class Accumulation:
         task_counts: Tensor,
         micro_batches: int,
         scaler: torch.amp.GradScaler | None = None,
+        keep_scaled: bool = False,
     ) -> None:
         if micro_batches < 1:
             raise AntError(f"micro_batches must be >= 1, got {micro_batches}")
@@ -68,14 +70,17 @@ class Accumulation:
             p.grad = None
         method.zero_grad(set_to_none=True)
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
-        self.scale = 1.0
-        if self.scaler is not None:
-            self.scaler.scale(torch.zeros((), device=self.params[0].device))  # lazy init
-            self.scale = self.scaler.get_scale()
+        self.scale = _scale(self.scaler, self.params[0].device)
+        self.keep_scaled = keep_scaled and self.scaler is not None  # as in `mtl_backward`
         self.refresh = isinstance(method, GramianMethod) and method.needs_refresh()
         self.per_task = self.refresh or (
             isinstance(method, LossMethod) and method.weights_from_losses
         )
+        if self.per_task and is_fsdp(model):
+            raise AntError(
+                f"{type(method).__name__} accumulates whole task gradients, which "
+                "FSDP2 shards: use mean or uw, or no accumulation, under FSDP"
+            )
         if self.per_task:
             self.buf = _buffer(method, self.params, k)
             self.buf.zero_()
@@ -98,8 +103,8 @@ class Accumulation:
         if not self.per_task:
             per_sample = _call(loss_fn, torch.arange(ids.numel(), device=ids.device))
             local = task_sums(per_sample, ids, self.method.num_tasks) / counts
-            world = _world(self.model)[0]
-            with nullcontext() if last else _no_sync(self.model):
+            world = world_of(self.model)[0]
+            with nullcontext() if last else no_sync(self.model):
                 ((self.weights.detach().to(local) * local).sum() * world * self.scale).backward()
             self.local += local.detach()
             return
@@ -107,7 +112,7 @@ class Accumulation:
             index = (ids == task).nonzero().squeeze(1)
             if index.numel() == 0:
                 continue
-            with _no_sync(self.model):
+            with no_sync(self.model):
                 loss = _call(loss_fn, index).sum() / counts[task]
                 (loss * self.scale).backward()
             self.local[task] += loss.detach()
@@ -119,7 +124,7 @@ class Accumulation:
         """The combined gradient of the whole batch into `.grad` (unscaled, all-reduced)."""
         if self.seen != self.n:
             raise AntError(f"{self.seen} of {self.n} micro-batches added: add them all first")
-        world, group = _world(self.model)
+        world, group = world_of(self.model)
         glob = self.local.clone()
         if world > 1:
             dist.all_reduce(glob, group=group)
@@ -136,12 +141,16 @@ class Accumulation:
             grads = [p.grad for p in self.params if p.grad is not None]
             if self.scale != 1.0:
                 torch._foreach_mul_(grads, 1.0 / self.scale)
-            finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+            finite = all_finite(grads, self.model)
             weights = self.weights
             if finite and isinstance(self.method, LossMethod):  # the method's own gradients
                 self.method.task_weights(glob, present)
-        return _finish(self.method, glob, weights, finite, self.present, self.scaler,
-                       self.params[0].device, refreshed=self.refresh)  # fmt: skip
+        if self.keep_scaled:
+            _keep_scaled(self.params, self.method, self.scale, finite)
+        scaler = None if self.keep_scaled else self.scaler
+        return _finish(self.method, glob, weights, finite, self.present, scaler,
+                       self.params[0].device, refreshed=self.refresh,
+                       skip_ok=self.keep_scaled)  # fmt: skip
 
     def _combine(self, glob: Tensor, present: Tensor) -> tuple[Tensor, bool]:
         """Weights from the whole batch's losses (FAMO) or Gramian (a refresh), combined."""

@@ -21,16 +21,15 @@ Without a scaler, non-finite task losses or gradients raise `NonFiniteError` ins
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from antdiff.errors import AntError, NonFiniteError
 from antdiff.mtl.base import GramianMethod, LossMethod, MTLMethod
+from antdiff.mtl.parallel import all_finite, is_fsdp, no_sync, world_of
 
 LossFn = Callable[[Tensor], Tensor]
 
@@ -52,8 +51,13 @@ def mtl_backward(
     task_counts: Tensor | None,
     model: nn.Module,
     scaler: torch.amp.GradScaler | None = None,
+    keep_scaled: bool = False,
 ) -> StepInfo:
     """Write the method's combined, unscaled, all-reduced gradient into the parameters' `.grad`.
+
+    `keep_scaled` (with a scaler): leave `.grad` (the method's own parameters' too) multiplied by
+    the scaler's scale and the scaler untouched, for an optimizer that unscales, skips overflowing
+    steps and updates the scale itself (accelerate's with fp16: antdiff.integrations.accelerate).
 
     loss_fn(index) runs `model` (the DDP wrapper itself under DDP, so that gradient sync can be
     switched off and on) on the LOCAL samples `index` and returns their per-sample losses
@@ -73,11 +77,8 @@ def mtl_backward(
     method.zero_grad(set_to_none=True)
     if scaler is not None and not scaler.is_enabled():
         scaler = None
-    scale = 1.0
-    if scaler is not None:
-        scaler.scale(torch.zeros((), device=params[0].device))  # the scaler's lazy init
-        scale = scaler.get_scale()
-
+    scale = _scale(scaler, params[0].device)
+    keep_scaled = keep_scaled and scaler is not None
     if isinstance(method, GramianMethod) and method.needs_refresh():
         step = _refresh_step
     elif isinstance(method, LossMethod | GramianMethod):
@@ -85,8 +86,31 @@ def mtl_backward(
     else:
         raise AntError(f"{type(method).__name__} is not a LossMethod or a GramianMethod")
     losses, weights, finite = step(method, loss_fn, ids, counts, present, params, model, scale)
-    return _finish(method, losses, weights, finite, present, scaler, params[0].device,
-                   refreshed=step is _refresh_step)  # fmt: skip
+    if keep_scaled:
+        _keep_scaled(params, method, scale, finite)
+    return _finish(method, losses, weights, finite, present, None if keep_scaled else scaler,
+                   params[0].device, refreshed=step is _refresh_step,
+                   skip_ok=keep_scaled)  # fmt: skip
+
+
+def _scale(scaler: torch.amp.GradScaler | None, device: torch.device) -> float:
+    """The scaler's current scale (1 without one)."""
+    if scaler is None:
+        return 1.0
+    scaler.scale(torch.zeros((), device=device))  # the scaler's lazy init
+    return scaler.get_scale()
+
+
+def _keep_scaled(params: list[nn.Parameter], method: MTLMethod, scale: float, finite: bool) -> None:
+    """Hand the step to an optimizer that unscales itself: the (unscaled) gradients multiplied
+    back by `scale`, the method's own too; a skipped step as an inf in `.grad`, which that
+    optimizer's scaler finds, skips and backs off on."""
+    if not finite:
+        params[0].grad = torch.full_like(params[0], float("inf"))
+        return
+    grads = [p.grad for p in (*params, *method.parameters()) if p.grad is not None]
+    if grads and scale != 1.0:
+        torch._foreach_mul_(grads, scale)
 
 
 def _finish(
@@ -98,13 +122,14 @@ def _finish(
     scaler: torch.amp.GradScaler | None,
     device: torch.device,
     refreshed: bool,
+    skip_ok: bool = False,
 ) -> StepInfo:
-    """Report the step to the scaler (or refuse a non-finite one without it), advance the
-    method, and describe the step."""
+    """Report the step to the scaler (or refuse a non-finite one without it, unless the caller's
+    optimizer skips it: `skip_ok`), advance the method, and describe the step."""
     losses = torch.where(present, losses.cpu(), torch.full_like(losses.cpu(), float("nan")))
     if scaler is not None:
         _report_to_scaler(scaler, found_inf=not finite, device=device)
-    elif not finite:
+    elif not finite and not skip_ok:
         bad = [k for k in range(method.num_tasks) if present[k] and not losses[k].isfinite()]
         raise NonFiniteError(
             f"non-finite task losses or gradients (task losses {losses.tolist()}, bad tasks "
@@ -163,12 +188,12 @@ def _weighted_step(
     else:
         assert isinstance(method, GramianMethod)
         weights = method.cached_weights()
-    objective = (weights.detach().to(local) * local).sum() * (_world(model)[0] * scale)
+    objective = (weights.detach().to(local) * local).sum() * (world_of(model)[0] * scale)
     objective.backward()
     grads = [p.grad for p in params if p.grad is not None]
     if scale != 1.0:
         torch._foreach_mul_(grads, 1.0 / scale)
-    return glob, weights, _all_finite(grads)
+    return glob, weights, all_finite(grads, model)
 
 
 def _task_losses(
@@ -179,7 +204,7 @@ def _task_losses(
     per_sample = _call(loss_fn, torch.arange(ids.numel(), device=ids.device))
     local = task_sums(per_sample, ids, k) / counts.clamp_min(1).to(per_sample)
     glob = local.detach().clone()
-    world, group = _world(model)
+    world, group = world_of(model)
     if world > 1:
         dist.all_reduce(glob, group=group)
     return local, glob
@@ -197,7 +222,7 @@ def _refresh_step(
 ) -> tuple[Tensor, Tensor, bool]:
     assert isinstance(method, GramianMethod)
     k = method.num_tasks
-    world, group = _world(model)
+    world, group = world_of(model)
     buf = _buffer(method, params, k)
     local = torch.zeros(k, dtype=torch.float32, device=buf.device)
     for task in range(k):
@@ -205,7 +230,7 @@ def _refresh_step(
         if index.numel() == 0:  # no local sample: zero row (other ranks may have some)
             buf[task].zero_()
             continue
-        with _no_sync(model):
+        with no_sync(model):
             loss = _call(loss_fn, index).sum() / float(counts[task])
             (loss * scale).backward()
         local[task] = loss.detach().float()
@@ -245,9 +270,13 @@ def _check_inputs(
     if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= k):
         raise AntError(f"task ids must lie in 0..{k - 1} (the method has {k} tasks)")
     local_counts = torch.bincount(task_ids.long().cpu(), minlength=k)
+    if isinstance(method, GramianMethod) and is_fsdp(model):
+        raise AntError(f"{type(method).__name__} needs whole task gradients, which FSDP2 shards: "
+                       "use a loss-based method (mean, uw, famo) under FSDP")  # fmt: skip
     if task_counts is None:
-        if _world(model)[0] > 1:
-            raise AntError("under DDP pass task_counts: the per-task counts of the GLOBAL batch")
+        if world_of(model)[0] > 1:
+            raise AntError("under DDP or FSDP pass task_counts: the per-task counts of the "
+                           "GLOBAL batch")  # fmt: skip
         counts = local_counts
     else:
         counts = torch.as_tensor(task_counts).long().cpu()
@@ -259,36 +288,13 @@ def _check_inputs(
             raise AntError(
                 f"task_counts {counts.tolist()} are below the local counts {local_counts.tolist()}"
             )
-        if _world(model)[0] == 1 and not partial and not torch.equal(local_counts, counts):
+        if world_of(model)[0] == 1 and not partial and not torch.equal(local_counts, counts):
             raise AntError(
                 f"task_counts {counts.tolist()} differ from the batch's {local_counts.tolist()}"
             )
     if int(counts.sum()) == 0:
         raise AntError("the batch has no samples")
     return task_ids.long(), counts
-
-
-def _ddp(model: nn.Module) -> DistributedDataParallel | None:
-    """The DDP module in `model`'s wrappers (torch.compile's, accelerate's), if any."""
-    while not isinstance(model, DistributedDataParallel):
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return None
-        model = inner
-    return model
-
-
-def _world(model: nn.Module) -> tuple[int, dist.ProcessGroup | None]:
-    """World size and group: > 1 only for a model under DistributedDataParallel."""
-    ddp = _ddp(model)
-    if ddp is not None:
-        return dist.get_world_size(ddp.process_group), ddp.process_group
-    return 1, None
-
-
-def _no_sync(model: nn.Module) -> AbstractContextManager[object]:
-    ddp = _ddp(model)
-    return ddp.no_sync() if ddp is not None else nullcontext()
 
 
 def _call(loss_fn: LossFn, index: Tensor) -> Tensor:
@@ -315,13 +321,6 @@ def _buffer(method: GramianMethod, params: list[nn.Parameter], k: int) -> Tensor
         buf = torch.empty(k, total, dtype=torch.float32, device=params[0].device)
         method._grad_buffer = buf
     return buf
-
-
-def _all_finite(grads: list[Tensor]) -> bool:
-    """One fused pass (per-tensor norms are non-finite iff the tensor has an inf or NaN)."""
-    if not grads:
-        return True
-    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
 
 
 def _report_to_scaler(scaler: torch.amp.GradScaler, found_inf: bool, device: torch.device) -> None:
