@@ -65,7 +65,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = train_config([*shlex.split(TRAIN), "--seed", str(args.seed), "--out", f"{tmp}/r"])
         trainer = Trainer.start(cfg)
-        setup = LossSetup(trainer.alphas.cpu(), cfg.prediction, cfg.batch_size)
+        setup = LossSetup(trainer.parts.schedule.loss_path("cpu"), cfg.prediction, cfg.batch_size)
         start = time.perf_counter()
         while trainer.step < max(need):
             trainer.train_step()

@@ -78,7 +78,7 @@ def test_exact_matrix_is_the_cosine_of_autograd_gradients() -> None:
     grads = []
     for t in ts:
         model.zero_grad()
-        per_sample_loss(model, probe.x0, t, probe.noise, setup.alphas_cumprod).mean().backward()
+        per_sample_loss(model, probe.x0, t, probe.noise, setup.path).mean().backward()
         grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double())
     G = torch.nn.functional.normalize(torch.stack(grads), dim=1)
     A = affinity_matrix(model, probe, edges, setup, sketch_dim=0)  # micro-batches of 16

@@ -25,7 +25,7 @@ LAYERS = [
         "progress",
         "signals",
     },
-    {"metrics", "analysis.sketch", "analysis.gradients", "integrations"},
+    {"metrics", "analysis.sketch", "analysis.gradients", "integrations", "runinfo"},
     {"config"},
     {"rundir", "batch", "autoclusters"},
     {"resume"},

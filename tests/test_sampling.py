@@ -13,7 +13,7 @@ from torch import nn
 
 from antdiff.data import load_dataset
 from antdiff.diffusion import NoiseSchedule
-from antdiff.diffusion.samplers import SAMPLERS, balanced_labels, generate, make_scheduler
+from antdiff.diffusion.samplers import DDPM_SAMPLERS, balanced_labels, generate, make_scheduler
 from antdiff.errors import AntError
 from antdiff.models import build_model
 from antdiff.sample_files import save_grid, save_npz
@@ -42,7 +42,7 @@ class PointMassOracle(nn.Module):
         return eps if self.prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * self.c
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("sampler", DDPM_SAMPLERS)
 @pytest.mark.parametrize("prediction", ["epsilon", "v", "sample"])
 def test_oracle_denoiser_recovers_the_data(
     schedule: NoiseSchedule, sampler: str, prediction: str
@@ -62,8 +62,9 @@ def test_make_scheduler(schedule: NoiseSchedule) -> None:
         assert isinstance(s, cls) and s.config.prediction_type == "v_prediction"
         torch.testing.assert_close(s.alphas_cumprod.double(), schedule.alphas_cumprod)
     assert make_scheduler(schedule, "ddim", "epsilon", clip_sample=True).config.clip_sample
-    with pytest.raises(AntError, match="unknown sampler"):
-        make_scheduler(schedule, "euler")
+    for name in ("euler", "bogus"):  # euler integrates flow matching, not a DDPM model
+        with pytest.raises(AntError, match="does not sample a DDPM model"):
+            make_scheduler(schedule, name)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def cond_mlp() -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("sampler", DDPM_SAMPLERS)
 def test_sampler_determinism(schedule: NoiseSchedule, cond_mlp: nn.Module, sampler: str) -> None:
     def run(seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)

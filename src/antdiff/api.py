@@ -15,7 +15,7 @@ from antdiff.analysis.affinity import AffinityResult, run_affinity, save_affinit
 from antdiff.config import TrainConfig
 from antdiff.errors import AntError
 from antdiff.evaluate import Evaluator, generate_data
-from antdiff.export import export_pipeline
+from antdiff.export import export_pipeline, is_export, sample_exported
 from antdiff.models import count_parameters
 from antdiff.report import write_experiment_report, write_report
 from antdiff.rundir import RunDir
@@ -63,15 +63,21 @@ def sample(
     num: int,
     out: str | Path,
     *,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     steps: int | None = None,
     guidance: float = 1.0,
     seed: int = 0,
     device: str = "cpu",
 ) -> Path:
-    """`num` samples of the run's EMA model written to `out` (.npz + .png, or .png)."""
+    """`num` samples of the run's EMA model, or of an `antdiff export` directory, written to
+    `out` (.npz + .png, or .png)."""
     if num < 1:
         raise AntError(f"--num must be >= 1, got {num}")
+    if is_export(run_dir):
+        x = sample_exported(run_dir, num, sampler=sampler, steps=steps, guidance=guidance,
+                            generator=_generator(seed),
+                            device=str(distributed.resolve_device(device)))  # fmt: skip
+        return save_samples(x, out)
     run = RunDir.open(run_dir)
     model = build.trained_model(run, device=str(distributed.resolve_device(device)))
     x = generate_data(model, run.cfg, run.info, build.schedule(run.cfg), num, sampler=sampler,
@@ -96,7 +102,7 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     run = RunDir.open(run_dir)
     return export_pipeline(build.trained_model(run), build.schedule(run.cfg), out_dir,
                            run.cfg.prediction, clip_sample=run.info.kind == "image",
-                           vae=run.info.vae)  # fmt: skip
+                           vae=run.info.vae, shape=run.info.shape)  # fmt: skip
 
 
 def affinity(run_dir: str | Path, out: str | Path | None = None, **settings: Any) -> tuple:

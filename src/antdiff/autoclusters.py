@@ -24,7 +24,7 @@ from antdiff.analysis.gradients import LossSetup, affinity_matrix, bin_edges, ma
 from antdiff.analysis.sketch import block_seed
 from antdiff.config import TrainConfig, affinity_warmup
 from antdiff.data import Dataset
-from antdiff.diffusion import NoiseSchedule
+from antdiff.diffusion import Schedule
 from antdiff.distributed import Dist
 from antdiff.errors import AntError
 from antdiff.tasks import Clustering, ClusterSpec, cluster_timesteps
@@ -46,7 +46,7 @@ def is_auto(cfg: TrainConfig) -> bool:
 class AutoClusters:
     """The measurement of one run: call `observe` after every step of the warm-up."""
 
-    def __init__(self, cfg: TrainConfig, data: Dataset, schedule: NoiseSchedule) -> None:
+    def __init__(self, cfg: TrainConfig, data: Dataset, schedule: Schedule) -> None:
         self.cfg, self.schedule = cfg, schedule
         self.k = ClusterSpec.parse(cfg.clusters).k
         if cfg.affinity_probe > len(data):
@@ -56,7 +56,7 @@ class AutoClusters:
         labels = data.labels if cfg.conditional else None
         self.probe = make_probe(data.x, labels, cfg.affinity_probe, seed=cfg.seed)
         self.edges = bin_edges(cfg.timesteps, cfg.affinity_bins)
-        self.setup = LossSetup(schedule.alphas_cumprod.float(), cfg.prediction, cfg.batch_size)
+        self.setup = LossSetup(schedule.loss_path("cpu"), cfg.prediction, cfg.batch_size)
         self.at = snapshot_steps(cfg)
         self.matrices: list[np.ndarray] = []
         self.seconds = 0.0  # spent measuring so far

@@ -23,6 +23,7 @@ class Batch:
     noise: torch.Tensor  # [B, ...]
     drop: torch.Tensor  # [B] bool: use the null label (classifier-free guidance training)
     weight: torch.Tensor  # [B] importance weight of each sample's loss (loss-aware sampling)
+    frac: torch.Tensor | None = None  # [B] flow matching: t's offset inside its bin, U[0, 1)
 
 
 def draw_batch(
@@ -38,4 +39,7 @@ def draw_batch(
     noise = torch.randn((cfg.batch_size, *shape), generator=g)
     drop = torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout
     perm = torch.randperm(cfg.batch_size, generator=g)  # mix tasks across ranks' slices
-    return Batch(index[perm], t[perm], task[perm], noise[perm], drop[perm], weight[perm])
+    frac = None  # drawn last: DDPM batches are what they were before flow matching existed
+    if cfg.objective == "flow":
+        frac = torch.rand(cfg.batch_size, generator=g, dtype=torch.float64)
+    return Batch(index[perm], t[perm], task[perm], noise[perm], drop[perm], weight[perm], frac)

@@ -12,13 +12,14 @@ from dataclasses import dataclass, replace
 import torch
 
 from antdiff.autoclusters import WARMUP, AutoClusters, is_auto
-from antdiff.config import VANILLA, RunInfo, TrainConfig, timestep_range
+from antdiff.config import VANILLA, TrainConfig, timestep_range
 from antdiff.data import Dataset, load_dataset
-from antdiff.diffusion import FixedWeighting, NoiseSchedule, sample_weighting
+from antdiff.diffusion import FixedWeighting, FlowPath, NoiseSchedule, Schedule, sample_weighting
 from antdiff.errors import AntError
 from antdiff.models import Denoiser, build_model
 from antdiff.mtl import MTLMethod, build_method
 from antdiff.rundir import Checkpoint, RunDir
+from antdiff.runinfo import RunInfo
 from antdiff.tasks import (
     Clustering,
     ClusterSpec,
@@ -47,11 +48,14 @@ def reference_data(cfg: TrainConfig) -> Dataset:
     return load_dataset(cfg.dataset, cfg.resolution)
 
 
-def schedule(cfg: TrainConfig) -> NoiseSchedule:
+def schedule(cfg: TrainConfig) -> Schedule:
+    """The DDPM noise schedule, or flow matching's path (`--objective flow`)."""
+    if cfg.objective == "flow":
+        return FlowPath(cfg.timesteps, cfg.flow_shift)
     return NoiseSchedule.from_name(cfg.schedule, cfg.timesteps)
 
 
-def clustering(cfg: TrainConfig, noise: NoiseSchedule) -> Clustering:
+def clustering(cfg: TrainConfig, noise: Schedule) -> Clustering:
     """The interval tasks of `--clusters`, by the exact DP on the run's schedule; for
     affinity:K:auto the K provisional equal intervals of its warm-up (autoclusters.py)."""
     if is_auto(cfg):
@@ -117,7 +121,7 @@ def trained_model(
 
 
 def tasks(
-    cfg: TrainConfig, info: RunInfo, noise: NoiseSchedule
+    cfg: TrainConfig, info: RunInfo, noise: Schedule
 ) -> tuple[TimestepSampler, MTLMethod, FixedWeighting]:
     """What trains over the run's tasks: the timestep sampler, the MTL method and the per-sample
     loss weighting (`--weighting`); vanilla's while an affinity:K:auto run warms up."""
@@ -135,7 +139,7 @@ class Components:
     data: Dataset
     heldout: Dataset | None
     info: RunInfo
-    schedule: NoiseSchedule
+    schedule: Schedule
     sampler: TimestepSampler
     model: Denoiser
     method: MTLMethod

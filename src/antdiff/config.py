@@ -1,5 +1,4 @@
-"""Typed training configuration, named presets, config files (JSON or TOML), and the typed run
-record (`RunInfo`) that a run directory keeps beside its config.
+"""Typed training configuration, named presets and config files (JSON or TOML).
 
 Precedence: defaults < preset < config file < command-line flags. The resolved config is checked
 whole (types, ranges, names of methods, costs, samplers) before anything is written; it is saved
@@ -18,8 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from antdiff.diffusion.loss import PREDICTIONS
-from antdiff.diffusion.samplers import SAMPLERS
+from antdiff.diffusion.loss import PREDICTIONS, VELOCITY
+from antdiff.diffusion.samplers import DDPM_SAMPLERS, FLOW_SAMPLERS
 from antdiff.diffusion.schedule import SCHEDULES
 from antdiff.diffusion.weighting import build_weighting
 from antdiff.errors import AntError
@@ -27,6 +26,7 @@ from antdiff.mtl import METHODS, TORCHJD_PREFIX, GramianMethod, build_method
 from antdiff.tasks import ClusterSpec, IntervalPartition, build_timestep_sampler, check_size
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+OBJECTIVES = ("ddpm", "flow")
 
 
 @dataclass
@@ -43,7 +43,9 @@ class TrainConfig:
     conditional: bool = False
     label_dropout: float = 0.1
     # diffusion
+    objective: str = "ddpm"
     schedule: str = "linear"
+    flow_shift: float = 1.0
     timesteps: int = 1000
     prediction: str = "epsilon"
     # ANT: tasks and the multi-task method
@@ -98,9 +100,12 @@ HELP = {
     "model_options": "JSON object overriding the model's diffusers config",
     "conditional": "class-conditional (needs labels); classifier-free guidance at sampling",
     "label_dropout": "probability of the null label while training (classifier-free guidance)",
-    "schedule": "noise schedule: linear | cosine | scaled-linear",
-    "timesteps": "number of diffusion timesteps T",
-    "prediction": "what the network predicts: epsilon | v | sample",
+    "objective": "ddpm (noise prediction, DDPM forward process) | flow (flow matching: "
+    "x_t = (1 - t) x0 + t eps, velocity target; sampler euler, prediction velocity)",
+    "schedule": "DDPM noise schedule: linear | cosine | scaled-linear",
+    "flow_shift": "flow matching: SD3's shift of t, sigma = s t / (1 + (s - 1) t) (1: none)",
+    "timesteps": "number of diffusion timesteps T (flow matching: bins of t for the tasks)",
+    "prediction": "what the network predicts: epsilon | v | sample (DDPM), velocity (flow)",
     "clusters": "the interval tasks, COST:K: timestep:K | snr:K | log-snr:K | affinity:K:FILE | "
     "affinity:K:auto (measured during a warm-up)",
     "timestep_sampling": "stratified (B/K per interval, the paper) | uniform | "
@@ -109,7 +114,8 @@ HELP = {
     "method": "uw | pcgrad | nash | famo | mean | torchjd:NAME; baselines vanilla | min-snr | p2 "
     "| debiased | edm2",
     "method_options": "JSON object of the method's options, e.g. '{\"lr\": 0.025}' for uw",
-    "weighting": "fixed loss weighting: constant | min-snr[:gamma] | p2[:gamma=,k=] | soft-min-snr",
+    "weighting": "fixed loss weighting: constant | min-snr[:gamma] | p2[:gamma=,k=] | soft-min-snr "
+    "| debiased | sigma-sqrt, cosmap (flow)",
     "affinity_warmup": "affinity:K:auto: vanilla steps before the tasks are chosen (10%% of steps)",
     "affinity_bins": "affinity:K:auto: equal timestep bins of the affinity measurement",
     "affinity_probe": "affinity:K:auto: fixed training samples whose gradients are measured",
@@ -128,7 +134,7 @@ HELP = {
     "checkpoint_every": "save a checkpoint every N steps",
     "keep_checkpoints": "checkpoints kept on disk (the newest)",
     "num_samples": "samples drawn at the end of training (samples.png)",
-    "sampler": "reverse-diffusion sampler: ddpm | ddim | dpm++",
+    "sampler": "sampler: ddpm | ddim | dpm++ (DDPM), euler | heun (flow)",
     "sample_steps": "sampling steps",
     "guidance": "classifier-free guidance scale of the samples",
     "eval_every": "evaluate the EMA model every N steps into metrics.jsonl (0: never)",
@@ -193,6 +199,8 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
     if unknown:
         raise AntError(f"unknown config key(s): {', '.join(unknown)}")
     values = expand_method(values)
+    if values.get("objective") == "flow":  # its own defaults, where the user named none
+        values = {"prediction": VELOCITY, "sampler": "euler", **values}
     for name, value in values.items():
         values[name] = _check_type(name, value)
     cfg = TrainConfig(**values)
@@ -268,14 +276,23 @@ def validate(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise AntError(message)
+    flow = cfg.objective == "flow"
     for name, value, names in (
+        ("objective", cfg.objective, OBJECTIVES),
         ("schedule", cfg.schedule, SCHEDULES),
-        ("prediction", cfg.prediction, PREDICTIONS),
-        ("sampler", cfg.sampler, SAMPLERS),
+        ("prediction", cfg.prediction, (VELOCITY,) if flow else tuple(PREDICTIONS)),
+        ("sampler", cfg.sampler, FLOW_SAMPLERS if flow else DDPM_SAMPLERS),
         ("precision", cfg.precision, PRECISIONS),
     ):
         if value not in names:
-            raise AntError(f"unknown {name} {value!r}; choose from {', '.join(names)}")
+            kind = f" for --objective {cfg.objective}" if name in ("prediction", "sampler") else ""
+            raise AntError(f"unknown {name} {value!r}{kind}; choose from {', '.join(names)}")
+    if flow and cfg.schedule != "linear":
+        raise AntError("--schedule is DDPM's noise schedule; flow matching's is --flow-shift")
+    if not (math.isfinite(cfg.flow_shift) and cfg.flow_shift > 0):
+        raise AntError(f"flow_shift must be a finite number > 0, got {cfg.flow_shift}")
+    if not flow and cfg.flow_shift != 1.0:
+        raise AntError("--flow-shift shifts flow matching's t: use it with --objective flow")
     check_size(cfg.timesteps)
     build_timestep_sampler(cfg.timestep_sampling, IntervalPartition.uniform(cfg.timesteps, 1))
     spec = ClusterSpec.parse(cfg.clusters)
@@ -356,38 +373,3 @@ def read_config_file(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise AntError(f"config file {p} must hold one object of settings")
     return data
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What a run directory records beside its config (`run.json`): the data's shape and the
-    resolved model and tasks, enough to rebuild the model without loading the data."""
-
-    kind: str  # image | latent | points
-    shape: tuple[int, ...]  # one sample: (C, H, W) or (2,)
-    num_classes: int  # 0: unconditional
-    model: str  # the resolved model name (never "auto")
-    vae: str | None  # the AutoencoderKL of a latent run
-    num_train: int  # training samples
-    partition: IntervalPartition  # the K interval tasks
-    clustering_cost: str  # the cost the partition minimises
-
-    @property
-    def size(self) -> int:
-        """Side length of images or latents; 0 for points."""
-        return 0 if self.kind == "points" else int(self.shape[-1])
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out.update(shape=list(self.shape), partition=self.partition.to_dict())
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunInfo:
-        try:
-            values = {f.name: d[f.name] for f in fields(cls)}
-        except KeyError as e:
-            raise AntError(f"run.json lacks {e.args[0]!r}") from None
-        values.update(shape=tuple(d["shape"]),
-                      partition=IntervalPartition.from_dict(d["partition"]))  # fmt: skip
-        return cls(**values)

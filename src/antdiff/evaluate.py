@@ -21,9 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from antdiff import build
-from antdiff.config import RunInfo, TrainConfig
+from antdiff.config import TrainConfig
 from antdiff.data import Dataset, decode_latents
-from antdiff.diffusion import NoiseSchedule, generate, per_sample_loss
+from antdiff.diffusion import Schedule, generate, per_sample_loss
+from antdiff.diffusion.samplers import check_sampler, default_sampler
 from antdiff.errors import AntError
 from antdiff.metrics import (
     FeatureNet,
@@ -34,6 +35,7 @@ from antdiff.metrics import (
     get_feature_net,
 )
 from antdiff.metrics.fid import available_backend, fid_from_folders
+from antdiff.runinfo import RunInfo
 from antdiff.sample_files import save_grid
 from antdiff.tasks import IntervalPartition
 
@@ -56,10 +58,10 @@ def generate_data(
     model: nn.Module,
     cfg: TrainConfig,
     info: RunInfo,
-    schedule: NoiseSchedule,
+    schedule: Schedule,
     num: int,
     *,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     steps: int | None = None,
     guidance: float = 1.0,
     labels: Tensor | None = None,
@@ -86,10 +88,10 @@ class Evaluator:
         self,
         cfg: TrainConfig,
         info: RunInfo,
-        schedule: NoiseSchedule,
+        schedule: Schedule,
         *,
         num: int = 500,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         steps: int = 50,
         guidance: float = 1.0,
         seed: int = 0,
@@ -100,6 +102,7 @@ class Evaluator:
         if num < 2:
             raise AntError(f"the number of samples must be >= 2, got {num}")
         self.cfg, self.info, self.schedule = cfg, info, schedule
+        sampler = check_sampler(schedule, sampler or default_sampler(schedule))
         self.num, self.sampler, self.steps, self.guidance = num, sampler, steps, guidance
         self.seed, self.fid = seed, fid
         if fid:
@@ -155,11 +158,10 @@ class Evaluator:
 
     def loss_fn(self, model: nn.Module):
         """(x0, t, noise[, y]) -> the model's per-sample unweighted loss [B]."""
-        alphas = self.schedule.alphas_cumprod.float().to(_device(model))
+        path = self.schedule.loss_path(_device(model))
 
         def fn(x0: Tensor, t: Tensor, noise: Tensor, y: Tensor | None = None) -> Tensor:
-            return per_sample_loss(model, x0, t, noise, alphas, prediction=self.cfg.prediction,
-                                   y=y)  # fmt: skip
+            return per_sample_loss(model, x0, t, noise, path, prediction=self.cfg.prediction, y=y)
 
         return fn
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from antdiff.config import RunInfo, TrainConfig
+from antdiff.config import TrainConfig
 from antdiff.errors import AntError
 from antdiff.rundir import Checkpoint
+from antdiff.runinfo import RunInfo
 from antdiff.tasks import IntervalPartition
 
 # Config keys that change only the outputs of a run, never its weights.

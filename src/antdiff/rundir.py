@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from antdiff import checkpoint
-from antdiff.config import RunInfo, TrainConfig, make_config
+from antdiff.config import TrainConfig, make_config
 from antdiff.errors import AntError, writing
+from antdiff.runinfo import RunInfo
 
 # Keys renamed since older run directories were written: old name -> new name.
 LEGACY_KEYS = {"sampling": "timestep_sampling"}

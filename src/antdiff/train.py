@@ -57,7 +57,7 @@ class Trainer:
         self.method = parts.method
         self.method.to(dev)
         self.weighting = parts.weighting.to(dev)
-        self.alphas = parts.schedule.alphas_cumprod.float().to(dev)
+        self.path = parts.schedule.loss_path(dev)
         self.optimizer = torch.optim.AdamW(
             [{"params": list(self.model.parameters())}, *self.method.param_groups(),
              *self.weighting.param_groups()],
@@ -279,8 +279,9 @@ class Trainer:
                 y = self.labels[batch.index[rows].to(dev)].clone()
                 y[batch.drop[rows].to(dev)] = classes
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                loss = per_sample_loss(net, x0, t, batch.noise[rows].to(dev), self.alphas,
-                                       prediction=cfg.prediction, y=y)  # fmt: skip
+                frac = None if batch.frac is None else batch.frac[rows]
+                loss = per_sample_loss(net, x0, t, batch.noise[rows].to(dev), self.path,
+                                       prediction=cfg.prediction, y=y, frac=frac)  # fmt: skip
             weighted = self.weighting(loss.float(), t)
             if record is not None:
                 record.append((rows, weighted.detach()))

@@ -87,7 +87,7 @@ def run_affinity(
     labels = data.labels if info.num_classes else None
     prb = make_probe(data.x, labels, probe, seed)
     schedule = build.schedule(cfg)
-    setup = LossSetup(schedule.alphas_cumprod.float(), cfg.prediction, cfg.batch_size)
+    setup = LossSetup(schedule.loss_path("cpu"), cfg.prediction, cfg.batch_size)
     mats, steps = [], []
     for path in paths:
         ckpt = run.load_checkpoint(path)

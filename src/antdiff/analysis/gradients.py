@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from antdiff.analysis.sketch import BLOCK_ELEMS, GradientSketch, cosine_matrix
-from antdiff.diffusion import per_sample_loss
+from antdiff.diffusion import FlowPath, per_sample_loss
 from antdiff.errors import AntError
 
 DEFAULT_SKETCH = 1024
@@ -69,7 +69,7 @@ def make_probe(x: Tensor, labels: Tensor | None, n: int, seed: int) -> Probe:
 class LossSetup:
     """What the per-bin loss needs besides the model."""
 
-    alphas_cumprod: Tensor
+    path: Tensor | FlowPath  # a schedule's `loss_path` (DDPM: alphas_cumprod)
     prediction: str = "epsilon"
     micro_batch: int = 64  # forward/backward at most this many probe samples at once
 
@@ -85,9 +85,10 @@ def bin_gradient(
     for a in range(0, n, setup.micro_batch):
         sl = slice(a, a + setup.micro_batch)
         y = None if probe.labels is None else probe.labels[sl].to(dev)
-        x0, noise, alphas = probe.x0[sl].to(dev), probe.noise[sl].to(dev), setup.alphas_cumprod
+        x0, noise = probe.x0[sl].to(dev), probe.noise[sl].to(dev)
+        path = setup.path.to(dev) if isinstance(setup.path, Tensor) else setup.path
         loss = per_sample_loss(
-            model, x0, t[sl].to(dev), noise, alphas.to(dev), prediction=setup.prediction, y=y
+            model, x0, t[sl].to(dev), noise, path, prediction=setup.prediction, y=y
         )
         (loss.sum() / n).backward()
     return torch.cat(

@@ -108,7 +108,7 @@ class TransferPlan:
     runs: str | None = None  # where the run directories live (default: out); share it between
     # experiments to reuse runs (e.g. the specialists for a vanilla and a UW generalist)
     num_samples: int = 500
-    sampler: str = "ddim"
+    sampler: str | None = None  # default: the objective's (DDIM, or Euler for flow matching)
     sample_steps: int = 50
     per_interval: int = 128  # held-out triples per interval
     jobs: int = 1

@@ -3,6 +3,7 @@
     x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps,  a_t = alpha_bar_t        (DDPM, Ho et al. 2020)
     targets: epsilon -> eps;  v -> sqrt(a_t) eps - sqrt(1 - a_t) x_0  (Salimans & Ho 2022);
              sample -> x_0
+    flow matching (flow.FlowPath): x_t = (1 - sigma) x_0 + sigma eps; velocity -> eps - x_0
 
 Losses are returned per sample so that the caller reduces them per task (timestep interval)
 with explicit task ids; weights such as Min-SNR or P2 multiply these values.
@@ -14,16 +15,19 @@ from collections.abc import Callable
 
 import torch
 
+from antdiff.diffusion.flow import FlowPath
 from antdiff.errors import AntError
 
-#: What the network predicts (our names) -> diffusers' `prediction_type`.
+#: What a DDPM network predicts (our names) -> diffusers' `prediction_type`.
 PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction", "sample": "sample"}
+VELOCITY = "velocity"  # what a flow-matching network predicts: eps - x_0
 Model = Callable[..., torch.Tensor]
 
 
 def check_prediction(prediction: str) -> str:
-    if prediction not in PREDICTIONS:
-        raise AntError(f"unknown prediction {prediction!r}; choose from {', '.join(PREDICTIONS)}")
+    if prediction not in PREDICTIONS and prediction != VELOCITY:
+        names = ", ".join([*PREDICTIONS, VELOCITY])
+        raise AntError(f"unknown prediction {prediction!r}; choose from {names}")
     return prediction
 
 
@@ -64,13 +68,26 @@ def per_sample_loss(
     x0: torch.Tensor,
     t: torch.Tensor,
     noise: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
+    path: torch.Tensor | FlowPath,
     *,
     prediction: str = "epsilon",
     y: torch.Tensor | None = None,
+    frac: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean squared error per sample, [B]: mean over non-batch dims of (f(x_t, t, y) - target)^2."""
-    xt = q_sample(x0, t, noise, alphas_cumprod)
-    pred = model(xt, t, y)
-    err = (pred.float() - target(x0, t, noise, alphas_cumprod, prediction).float()).square()
+    """Mean squared error per sample, [B]: mean over non-batch dims of (f(x_t, t, y) - target)^2.
+
+    `path`: a DDPM schedule's alphas_cumprod, or a FlowPath (`schedule.loss_path(device)` gives
+    either); `frac`: flow matching's offsets of t inside its bins (None: the bins' centres)."""
+    prediction = check_prediction(prediction)
+    flow = isinstance(path, FlowPath)
+    if flow != (prediction == VELOCITY):
+        raise AntError("flow matching predicts the velocity, DDPM epsilon, v or sample; got "
+                       f"{prediction!r} on a {'flow' if flow else 'DDPM'} path")  # fmt: skip
+    if flow:
+        xt, tgt = path.noisy(x0, t, noise, frac), path.target(x0, noise)
+        pred = model(xt, path.model_time(t, frac), y)
+    else:
+        xt, tgt = q_sample(x0, t, noise, path), target(x0, t, noise, path, prediction)
+        pred = model(xt, t, y)
+    err = (pred.float() - tgt.float()).square()
     return err.flatten(1).mean(1)

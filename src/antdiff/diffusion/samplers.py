@@ -1,5 +1,5 @@
 """Reverse-diffusion samplers (`--sampler`): diffusers' DDPM, DDIM and DPM-Solver++ schedulers,
-with classifier-free guidance.
+and for flow matching its flow-matching Euler and Heun schedulers, with classifier-free guidance.
 
 Classifier-free guidance (Ho & Salimans 2022): out = out_u + g (out_c - out_u), with out_u the
 prediction under the null label (index num_classes). It is linear, so it applies to epsilon
@@ -14,24 +14,47 @@ from typing import Any
 import torch
 from torch import nn
 
+from antdiff.diffusion.flow import FlowPath
 from antdiff.diffusion.loss import PREDICTIONS, check_prediction
 from antdiff.diffusion.schedule import NoiseSchedule
 from antdiff.errors import AntError
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
+DDPM_SAMPLERS = ("ddpm", "ddim", "dpm++")
+FLOW_SAMPLERS = ("euler", "heun")
+SAMPLERS = (*DDPM_SAMPLERS, *FLOW_SAMPLERS)
+
+
+def check_sampler(schedule: NoiseSchedule | FlowPath, sampler: str) -> str:
+    """`sampler` if it integrates `schedule`'s kind of model; else AntError."""
+    names = FLOW_SAMPLERS if schedule.continuous else DDPM_SAMPLERS
+    if sampler not in names:
+        kind = "flow matching" if schedule.continuous else "a DDPM model"
+        choices = ", ".join(names)
+        raise AntError(f"sampler {sampler!r} does not sample {kind}; choose from {choices}")
+    return sampler
+
+
+def default_sampler(schedule: NoiseSchedule | FlowPath) -> str:
+    """DDIM for DDPM models, Euler for flow matching."""
+    return "euler" if schedule.continuous else "ddim"
 
 
 def make_scheduler(
-    schedule: NoiseSchedule, sampler: str, prediction: str = "epsilon", clip_sample: bool = False
+    schedule: NoiseSchedule | FlowPath,
+    sampler: str,
+    prediction: str = "epsilon",
+    clip_sample: bool = False,
 ) -> Any:
     """A diffusers scheduler of kind ``sampler`` built from the training schedule's config.
 
-    ``clip_sample`` clips predicted x_0 to [-1, 1]: right for pixels, wrong for latents/points.
+    ``clip_sample`` clips predicted x_0 to [-1, 1]: right for pixels, wrong for latents/points
+    (DDPM only: the flow-matching schedulers have no such option).
     """
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-    if sampler not in SAMPLERS:
-        raise AntError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    check_sampler(schedule, sampler)
+    if isinstance(schedule, FlowPath):
+        return schedule.scheduler(sampler)
     # Private keys such as _use_default_values would make diffusers ignore our overrides.
     config = {k: v for k, v in schedule.scheduler().config.items() if not k.startswith("_")}
     prediction_type = PREDICTIONS[check_prediction(prediction)]
@@ -67,9 +90,13 @@ def _denoise_batch(
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     cfg = y is not None and guidance != 1.0
+    flow = not hasattr(scheduler, "scale_model_input")  # flow matching: time sigma * T, a float
     for t in scheduler.timesteps:
-        inp = scheduler.scale_model_input(x, t)
-        tb = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+        inp = x if flow else scheduler.scale_model_input(x, t)
+        if flow:
+            tb = torch.full((x.shape[0],), float(t), dtype=torch.float32, device=x.device)
+        else:
+            tb = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
         if cfg:
             out_c, out_u = model(
                 torch.cat([inp, inp]), torch.cat([tb, tb]), torch.cat([y, torch.full_like(y, null)])
@@ -83,11 +110,11 @@ def _denoise_batch(
 
 def generate(
     model: nn.Module,
-    schedule: NoiseSchedule,
+    schedule: NoiseSchedule | FlowPath,
     num: int,
     shape: tuple[int, ...],
     *,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     steps: int | None = None,
     guidance: float = 1.0,
     labels: torch.Tensor | None = None,
@@ -99,10 +126,11 @@ def generate(
 ) -> torch.Tensor:
     """Draw ``num`` samples of per-sample ``shape`` by reverse diffusion; returns [num, *shape].
 
-    Deterministic given ``generator`` (a CPU generator; noise is drawn batch by batch in order).
-    ``steps`` defaults to T for ddpm and 50 otherwise. A conditional model (``num_classes`` > 0,
-    read from the model when None) gets ``labels`` or balanced labels; label ``num_classes``
-    means unconditional. ``clip_sample`` should be True only for pixel images in [-1, 1].
+    ``sampler`` defaults to `default_sampler`. Deterministic given ``generator`` (a CPU
+    generator; noise is drawn batch by batch in order). ``steps`` defaults to T for ddpm and 50
+    otherwise. A conditional model (``num_classes`` > 0, read from the model when None) gets
+    ``labels`` or balanced labels; label ``num_classes`` means unconditional. ``clip_sample``
+    should be True only for pixel images in [-1, 1].
     """
     if num < 1 or batch_size < 1:
         raise AntError(f"the number of samples and the batch size must be >= 1, got {num}")
@@ -115,6 +143,7 @@ def generate(
         labels = balanced_labels(num, k)
     if labels is not None and labels.shape != (num,):
         raise AntError(f"labels must have shape ({num},), got {tuple(labels.shape)}")
+    sampler = check_sampler(schedule, sampler or default_sampler(schedule))
     steps = steps or (schedule.timesteps if sampler == "ddpm" else 50)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -127,7 +156,7 @@ def generate(
             scheduler = make_scheduler(schedule, sampler, prediction, clip_sample)
             scheduler.set_timesteps(steps, device=device)
             x = torch.randn((b, *shape), generator=generator).to(device)
-            x = x * scheduler.init_noise_sigma
+            x = x * getattr(scheduler, "init_noise_sigma", 1.0)
             y = None if labels is None else labels[start : start + b].to(device).long()
             out.append(_denoise_batch(model, scheduler, x, y, guidance, k, generator).cpu())
     finally:

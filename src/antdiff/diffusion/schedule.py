@@ -8,7 +8,7 @@ alpha_bar_t the cumulative product of (1 - beta_t):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ class NoiseSchedule:
     name: str
     alphas_cumprod: torch.Tensor  # [T] float64
     zero_terminal_snr: bool = False
+    continuous: ClassVar[bool] = False  # integer timesteps (flow.FlowPath: continuous t)
 
     @classmethod
     def from_name(
@@ -64,6 +65,10 @@ class NoiseSchedule:
 
     def snr_numpy(self, log: bool = False) -> np.ndarray:
         return (self.log_snr if log else self.snr).numpy()
+
+    def loss_path(self, device: torch.device | str) -> torch.Tensor:
+        """What `per_sample_loss` takes: alphas_cumprod in float32 on `device`."""
+        return self.alphas_cumprod.float().to(device)
 
 
 def _ddpm(name: str, timesteps: int, zero_terminal_snr: bool) -> DDPMScheduler:

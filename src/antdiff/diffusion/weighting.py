@@ -6,7 +6,9 @@ which Min-SNR states its target) and converted to the loss the model is trained 
 
     |eps - eps_hat|^2 = SNR |x0 - x0_hat|^2,    |v - v_hat|^2 = (SNR + 1) |x0 - x0_hat|^2,
 
-so w_eps = w_x0 / SNR, w_v = w_x0 / (SNR + 1), w_sample = w_x0. The x0-space weights:
+so w_eps = w_x0 / SNR, w_v = w_x0 / (SNR + 1), w_sample = w_x0; for flow matching's velocity
+(flow.FlowPath, x_0 = x_t - sigma v, sigma = 1 / (1 + sqrt(SNR))) |v - v_hat|^2 = |x0 - x0_hat|^2
+/ sigma^2, so w_velocity = w_x0 sigma^2. The x0-space weights:
 
 * constant:      1 in the trained space (w = 1 whatever the prediction).
 * min-snr:       min(SNR, gamma)   (Hang et al. 2023, eq. 6): eps min(SNR, g)/SNR = min(1, g/SNR),
@@ -22,6 +24,9 @@ so w_eps = w_x0 / SNR, w_v = w_x0 / (SNR + 1), w_sample = w_x0. The x0-space wei
                  "Debiasing scores and prompts of 2D diffusion for view-consistent text-to-3D";
                  kohya sd-scripts' `apply_debiased_estimation`, SNR capped at max_snr = 1000, and
                  floored at 1e-6 here so that a zero terminal SNR stays finite).
+* sigma-sqrt, cosmap (flow matching only, SD3's, Esser et al. 2024, Sec. 3.1; diffusers'
+                 `compute_loss_weighting_for_sd3`): sigma^-2 and 2 / (pi (1 - 2 sigma + 2 sigma^2))
+                 on the velocity loss.
 * edm2:          constant, plus a learned log-variance u(sigma) per noise level (Karras et al. 2024,
                  EDM2, Eq. 14-16, 21): the loss becomes exp(-u) L + u (`LearnedWeighting`).
 
@@ -40,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from antdiff.diffusion.flow import FlowPath
 from antdiff.diffusion.loss import check_prediction
 from antdiff.diffusion.schedule import NoiseSchedule
 from antdiff.errors import AntError
@@ -50,11 +56,20 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "soft-min-snr": {"gamma": 5.0},
     "p2": {"gamma": 1.0, "k": 1.0},
     "debiased": {"max_snr": 1000.0},
+    "sigma-sqrt": {},
+    "cosmap": {},
     "edm2": {"lr": 0.0},  # the learning rate of u's own group; 0: the model's
 }
 
 
+def _sigma(snr: Tensor) -> Tensor:
+    """Flow matching's sigma at this SNR = (1 - sigma)^2 / sigma^2."""
+    return 1.0 / (1.0 + snr.sqrt())
+
+
 def _min_snr(snr: Tensor, pred: str, gamma: float, **_: float) -> Tensor:
+    if pred == "velocity":
+        return torch.clamp(snr, max=gamma) * _sigma(snr) ** 2
     if pred == "epsilon":
         return torch.clamp(gamma / snr, max=1.0)
     if pred == "v":
@@ -63,6 +78,8 @@ def _min_snr(snr: Tensor, pred: str, gamma: float, **_: float) -> Tensor:
 
 
 def _soft_min_snr(snr: Tensor, pred: str, gamma: float, **_: float) -> Tensor:
+    if pred == "velocity":
+        return gamma * snr / (snr + gamma) * _sigma(snr) ** 2
     if pred == "epsilon":
         return gamma / (snr + gamma)
     if pred == "v":
@@ -72,6 +89,8 @@ def _soft_min_snr(snr: Tensor, pred: str, gamma: float, **_: float) -> Tensor:
 
 def _p2(snr: Tensor, pred: str, gamma: float, k: float) -> Tensor:
     eps_weight = (k + snr) ** -gamma
+    if pred == "velocity":
+        return snr * eps_weight * _sigma(snr) ** 2
     if pred == "epsilon":
         return eps_weight
     if pred == "v":
@@ -85,6 +104,8 @@ def _constant(snr: Tensor, pred: str, **_: float) -> Tensor:
 
 def _debiased(snr: Tensor, pred: str, max_snr: float) -> Tensor:
     eps_weight = 1.0 / snr.clamp(1e-6, max_snr).sqrt()
+    if pred == "velocity":
+        return snr * eps_weight * _sigma(snr) ** 2
     if pred == "epsilon":
         return eps_weight
     if pred == "v":
@@ -92,12 +113,24 @@ def _debiased(snr: Tensor, pred: str, max_snr: float) -> Tensor:
     return snr * eps_weight
 
 
+def _sigma_sqrt(snr: Tensor, pred: str, **_: float) -> Tensor:
+    return _sigma(snr) ** -2
+
+
+def _cosmap(snr: Tensor, pred: str, **_: float) -> Tensor:
+    sigma = _sigma(snr)
+    return 2.0 / (math.pi * (1.0 - 2.0 * sigma + 2.0 * sigma**2))
+
+
+FLOW_ONLY = ("sigma-sqrt", "cosmap")
 WEIGHTINGS: dict[str, Callable[..., Tensor]] = {
     "constant": _constant,
     "min-snr": _min_snr,
     "soft-min-snr": _soft_min_snr,
     "p2": _p2,
     "debiased": _debiased,
+    "sigma-sqrt": _sigma_sqrt,
+    "cosmap": _cosmap,
     "edm2": _constant,
 }
 
@@ -117,8 +150,9 @@ class LossWeighting:
             raise AntError("SNR values must be >= 0 and not NaN")
         return WEIGHTINGS[self.name](snr, self.prediction, **self.params)
 
-    def precompute(self, schedule: NoiseSchedule) -> Tensor:
-        """The weight of every timestep 0..T-1 of `schedule` ([T], float64)."""
+    def precompute(self, schedule: NoiseSchedule | FlowPath) -> Tensor:
+        """The weight of every timestep 0..T-1 of `schedule` ([T], float64; flow matching: at
+        each bin's centre, so the weighting is piecewise constant over 1/T of t)."""
         return self(schedule.snr.to(torch.float64))
 
     def __str__(self) -> str:
@@ -132,6 +166,8 @@ def build_weighting(spec: str, prediction: str = "epsilon") -> LossWeighting:
     if name not in WEIGHTINGS:
         raise AntError(f"unknown loss weighting {name!r}; choose from {', '.join(WEIGHTINGS)}")
     check_prediction(prediction)
+    if name in FLOW_ONLY and prediction != "velocity":
+        raise AntError(f"the {name} weighting is flow matching's (SD3): use --objective flow")
     params = dict(DEFAULTS[name])
     for i, item in enumerate(a for a in args.split(",") if a.strip()):
         key, eq, value = item.partition("=")
@@ -207,7 +243,9 @@ class LearnedWeighting(FixedWeighting):
         return [{"params": list(self.linear.parameters()), "weight_decay": 0.0, **lr}]
 
 
-def sample_weighting(spec: str, prediction: str, schedule: NoiseSchedule) -> FixedWeighting:
+def sample_weighting(
+    spec: str, prediction: str, schedule: NoiseSchedule | FlowPath
+) -> FixedWeighting:
     """The per-sample weighting `--weighting` (a module: EDM2's has parameters)."""
     weighting = build_weighting(spec, prediction)
     table = weighting.precompute(schedule)
