@@ -51,6 +51,8 @@ VARIANTS: dict[str, str] = {
     "edm2": "--method edm2", "debiased": "--method debiased", "logit-normal":
     f"{ONE} logit-normal:0,1", "mode": f"{ONE} mode:1.29", "loss-aware": f"{ONE} loss-aware",
 }  # fmt: skip
+VARIANTS.update({f"flow-{m}": f"--objective flow {VARIANTS[m]}" for m in ("vanilla",  # SD3's t:
+                "logit-normal", "ant-uw-timestep", "ant-uw-log-snr", "ant-uw-auto")})  # fmt: skip
 DIGITS = "--dataset digits --batch-size 64 --lr 2e-3"
 SETTINGS: dict[str, dict[str, Any]] = {
     "digits": {"flags": DIGITS, "steps": 2000},
@@ -88,9 +90,9 @@ def evaluator(trainer: Trainer, args: argparse.Namespace, num: int, guidance: fl
     """The benchmark's evaluation of a model of `trainer`'s run, compacted."""
     cfg, noise = trainer.cfg, build.schedule(trainer.cfg)
     common = clustering_from_spec(COMMON_PARTITION, noise).partition
-    ev = Evaluator(cfg, trainer.run.info, noise, num=num, sampler="ddim", steps=args.sample_steps,
-                   guidance=guidance, seed=args.eval_seed, partition=common,
-                   per_interval=args.heldout_per_interval)  # fmt: skip
+    ev = Evaluator(cfg, trainer.run.info, noise, num=num, sampler=cfg.sampler,
+                   steps=args.sample_steps, guidance=guidance, seed=args.eval_seed,
+                   partition=common, per_interval=args.heldout_per_interval)  # fmt: skip
     return lambda model: compact(ev(model))
 
 
@@ -138,7 +140,7 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
         "partition": trainer.parts.partition.to_dict(), "train_seconds": curve[-1]["train_seconds"],
         "wall_seconds": round(time.perf_counter() - t_wall, 2), "resumed": resume,
         "eval": {"seed": args.eval_seed, "fd_num": args.fd_num, "curve_num": args.curve_num,
-                 "sampler": "ddim", "sample_steps": args.sample_steps,
+                 "sampler": cfg.sampler, "sample_steps": args.sample_steps,
                  "heldout_partition": COMMON_PARTITION,
                  "heldout_per_interval": args.heldout_per_interval},
         "device": str(trainer.dist.device), "final": final, "curve": curve, "command": command,
@@ -212,17 +214,15 @@ def main(argv: list[str] | None = None) -> int:
             pool.map(run_one, jobs, chunksize=1)
     cost_file = Path(args.results) / args.dataset / "step_cost.json"
     costs = json.loads(cost_file.read_text())["ms"] if cost_file.is_file() else None
-    if not args.summary_only and args.cost_rounds > 0:  # ms/step measured side by side
-        torch.set_num_threads(args.threads)
+    if not args.summary_only and args.cost_rounds > 0:  # ms/step side by side (auto: after the
+        torch.set_num_threads(args.threads)  # switch, whose bounds do not change the cost)
         argvs = {m: shlex.split(f"{train_flags(args, m, 0)} --device {args.device}".replace(
             "affinity:5:auto", "timestep:5")) for m in ["vanilla", *methods]}  # fmt: skip
-        # (auto: the cost of a step after the switch; the bounds do not change it)
         costs = update_train_costs(cost_file, argvs, args.cost_rounds)
     files = [p for m in VARIANTS for p in sorted(Path(args.results, args.dataset, m).glob("s*"))]
     results = [r for p in files if (r := json.loads(p.read_text()))["steps"] == args.steps]
     if not results:
-        print("no results yet", file=sys.stderr)
-        return 1
+        raise SystemExit("no results yet")
     guidance = str(SETTINGS[args.dataset].get("curve_guidance", 1.0))
     extra = Path(args.results) / args.dataset / "overheads.json"  # pre-runs, in vanilla steps
     overheads = json.loads(extra.read_text())["steps"] if extra.is_file() else {}
