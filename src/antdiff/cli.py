@@ -20,11 +20,13 @@ from antdiff.tasks import COSTS
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from antdiff.diffusion import NoiseSchedule
+    from antdiff import build
+    from antdiff.config import make_config
     from antdiff.report import plot_partition
     from antdiff.tasks import cluster_timesteps, load_affinity
 
-    schedule = NoiseSchedule.from_name(args.schedule, args.timesteps)
+    keys = ("objective", "timesteps", "schedule", "flow_shift")
+    schedule = build.schedule(make_config({k: getattr(args, k) for k in keys}))
     affinity = load_affinity(args.affinity) if args.affinity else None
     if affinity is not None and args.cost != "affinity":
         raise AntError("--affinity is only used with --cost affinity")
@@ -36,10 +38,10 @@ def _cluster(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"intervals": [list(iv) for iv in part.intervals], "cost": args.cost,
                           "total": result.total, "k": part.k, "timesteps": part.timesteps,
-                          "schedule": args.schedule}))  # fmt: skip
+                          "schedule": schedule.name}))  # fmt: skip
         return 0
     print(
-        f"{args.cost} clustering of {part.timesteps} timesteps ({args.schedule} schedule) "
+        f"{args.cost} clustering of {part.timesteps} timesteps ({schedule.name} schedule) "
         f"into k={part.k} intervals; total cost {result.total:.6g}"
     )
     print(f"{'task':>4}  {'t range':>13}  {'log-SNR range':>17}  {'size':>5}")
@@ -131,7 +133,7 @@ def _affinity(args: argparse.Namespace) -> int:
 
 
 TRANSFER_FLAGS = ("dataset", "resolution", "model", "steps", "batch_size", "lr", "ema_decay",
-                  "schedule", "holdout")  # fmt: skip
+                  "objective", "schedule", "flow_shift", "holdout")  # fmt: skip
 
 
 def _transfer(args: argparse.Namespace) -> int:
@@ -242,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = sub.add_parser("cluster", help="split timesteps into k intervals by exact DP")
-    c.add_argument("--schedule", choices=list(SCHEDULES), default="linear")
-    c.add_argument("--timesteps", type=int, default=1000)
+    c.add_argument("--objective", choices=["ddpm", "flow"], default="ddpm")
+    c.add_argument("--schedule", choices=list(SCHEDULES), default="linear", help="DDPM's")
+    c.add_argument("--flow-shift", type=float, default=1.0, help="flow matching's (SD3) shift")
+    c.add_argument("--timesteps", type=int, default=1000, help="timesteps (flow: bins of t)")
     c.add_argument("-k", type=int, default=5, help="number of intervals (tasks)")
     c.add_argument(
         "--cost",
