@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from antdiff import checkpoint
 from antdiff.cli import main
 from antdiff.diffusion import NoiseSchedule
 from antdiff.tasks import cluster_timesteps
+from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
 
 AUTO = ["--dataset", "digits", "--batch-size", "16", "--num-samples", "4", "--sample-steps", "2",
         "--clusters", "affinity:5:auto", "--affinity-warmup", "12", "--affinity-bins", "8",
@@ -45,10 +45,6 @@ sys.exit(main(["train", *sys.argv[2:]]))
 
 def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def weights(run: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
-    return load_file(checkpoint.latest(run) / name)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +124,7 @@ def test_resume_is_exact_across_the_switch(whole: Path, tmp_path: Path, when: st
     _kill_at(cut, argv, ready, tmp_path)
     assert main(["train", "--resume", "--out", str(cut)]) == 0
     for name in ("model.safetensors", "ema.safetensors"):
-        a, b = weights(whole, name), weights(cut, name)
+        a, b = final_weights(whole, name), final_weights(cut, name)
         assert all(torch.equal(a[k], b[k]) for k in a), (when, name)
     assert (
         json.loads((cut / "tasks.json").read_text())["intervals"]
@@ -136,25 +132,13 @@ def test_resume_is_exact_across_the_switch(whole: Path, tmp_path: Path, when: st
     )
 
 
-NO_ATTENTION = {"down_block_types": ["DownBlock2D"] * 2, "up_block_types": ["UpBlock2D"] * 2,
-                "add_attention": False}  # fmt: skip
-
-
 def test_two_processes_equal_one_the_measurement_included(tmp_path: Path) -> None:
     argv = [*AUTO, "--steps", "18", "--checkpoint-every", "18", "--batch-size", "15",
             f"--model-options={json.dumps(NO_ATTENTION)}"]  # fmt: skip
     assert main(["train", *argv, "--out", str(tmp_path / "one")]) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29500 + random.randrange(400)), "-m", "antdiff", "train",
-           *argv, f"--out={tmp_path / 'two'}"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    train_two_processes(argv, tmp_path / "two")
     one, two = (json.loads((tmp_path / r / "tasks.json").read_text()) for r in ("one", "two"))
     assert one["intervals"] == two["intervals"]
     za, zb = np.load(tmp_path / "one" / "tasks.npz"), np.load(tmp_path / "two" / "tasks.npz")
     np.testing.assert_allclose(za["snapshots"], zb["snapshots"], atol=2e-3)
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
-    for k in a:
-        rel = (a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)
-        assert rel <= 1e-4, (k, float(rel))
+    assert_same_weights(tmp_path / "one", tmp_path / "two")

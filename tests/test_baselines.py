@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from antdiff import checkpoint
 from antdiff.cli import main
 from antdiff.diffusion import LearnedWeighting, NoiseSchedule, sample_weighting
 from antdiff.tasks import IntervalPartition, LossAwareSampler, build_timestep_sampler
+from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
 
 T = 1000
 PART = IntervalPartition.uniform(T, 5)
@@ -127,10 +123,6 @@ BASELINES = {
 }  # fmt: skip
 
 
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(checkpoint.latest(run) / "model.safetensors")
-
-
 @pytest.mark.parametrize("name", list(BASELINES))
 @pytest.mark.parametrize("data", ["digits", "toy"])
 def test_each_baseline_trains(tmp_path: Path, name: str, data: str) -> None:
@@ -140,7 +132,7 @@ def test_each_baseline_trains(tmp_path: Path, name: str, data: str) -> None:
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     batch = 16 if data == "digits" else 64
     assert rows[-1]["step"] == 10 and sum(rows[-1]["t_hist"]) == 5 * batch  # drawn since the last
-    assert all(torch.isfinite(v).all() for v in weights(run).values())
+    assert all(torch.isfinite(v).all() for v in final_weights(run).values())
     assert "Timestep sampling" in (run / "report.html").read_text()
 
 
@@ -152,16 +144,12 @@ def test_resume_is_exact_with_the_baselines_state(tmp_path: Path, name: str) -> 
     assert main(["train", *flags, "--steps", "20", "--out", str(tmp_path / "whole")]) == 0
     assert main(["train", *flags, "--steps", "10", "--out", str(tmp_path / "cut")]) == 0
     assert main(["train", "--resume", "--out", str(tmp_path / "cut"), "--steps", "20"]) == 0
-    a, b = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
     sa = torch.load(checkpoint.latest(tmp_path / "whole") / "state.pt", weights_only=True)
     sb = torch.load(checkpoint.latest(tmp_path / "cut") / "state.pt", weights_only=True)
     for key in ("weighting", "sampler"):
         assert all(torch.equal(sa[key][k], sb[key][k]) for k in sa[key]), key
-
-
-NO_ATTENTION = {"down_block_types": ["DownBlock2D"] * 2, "up_block_types": ["UpBlock2D"] * 2,
-                "add_attention": False}  # fmt: skip
 
 
 def test_two_processes_equal_one(tmp_path: Path) -> None:
@@ -170,16 +158,8 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
     argv = [*FAST, *BASELINES["uw-loss-aware-edm2"], "--steps", "8", "--checkpoint-every", "8",
             "--batch-size", "15", f"--model-options={json.dumps(NO_ATTENTION)}"]  # fmt: skip
     assert main(["train", *argv, "--out", str(tmp_path / "one")]) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29500 + random.randrange(400)), "-m", "antdiff", "train",
-           *argv, f"--out={tmp_path / 'two'}"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
-    for k in a:
-        rel = (a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)
-        assert rel <= 1e-4, (k, float(rel))
+    train_two_processes(argv, tmp_path / "two")
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
     sa, sb = (torch.load(checkpoint.latest(tmp_path / r) / "state.pt", weights_only=True)
               for r in ("one", "two"))  # fmt: skip
     torch.testing.assert_close(sa["weighting"]["linear.weight"], sb["weighting"]["linear.weight"],

@@ -6,19 +6,13 @@ under torchrun equal to one process, export and sample from the export."""
 from __future__ import annotations
 
 import json
-import os
-import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from antdiff import checkpoint
 from antdiff.api import train
 from antdiff.cli import main
 from antdiff.config import make_config
@@ -27,11 +21,10 @@ from antdiff.errors import AntError
 from antdiff.export import load_exported, sample_exported
 from antdiff.tasks import cluster_timesteps
 from antdiff.tasks.clustering import median_cost
+from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
 
 FAST = {"dataset": "digits", "objective": "flow", "batch_size": 16, "num_samples": 4,
         "sample_steps": 2, "log_every": 5, "checkpoint_every": 10}  # fmt: skip
-NO_ATTENTION = {"down_block_types": ["DownBlock2D"] * 2, "up_block_types": ["UpBlock2D"] * 2,
-                "add_attention": False}  # fmt: skip
 
 
 def test_path_target_and_conditioning_follow_the_formulas() -> None:
@@ -193,8 +186,7 @@ def test_flow_resume_is_exact(tmp_path: Path) -> None:
     cut = tmp_path / "cut"
     train(make_config({**FAST, **over, "steps": 6, "out": str(cut)}))
     train(make_config({**FAST, **over, "out": str(cut)}), resume=True)
-    a = load_file(checkpoint.latest(whole) / "model.safetensors")
-    b = load_file(checkpoint.latest(cut) / "model.safetensors")
+    a, b = final_weights(whole), final_weights(cut)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -205,15 +197,5 @@ def test_flow_ddp_two_processes_equal_one(tmp_path: Path) -> None:
     argv = [f"--{k.replace('_', '-')}={json.dumps(v) if isinstance(v, dict) else v}"
             for k, v in flags.items()]  # fmt: skip
     one = train(make_config({**flags, "out": str(tmp_path / "one")})).path
-    two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29500 + random.randrange(400)), "-m", "antdiff", "train",
-           *argv, f"--out={two}"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    a = load_file(checkpoint.latest(one) / "model.safetensors")
-    b = load_file(checkpoint.latest(two) / "model.safetensors")
-    for k in a:
-        rel = (a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)
-        assert rel <= 1e-4, (k, float(rel))
+    train_two_processes(argv, tmp_path / "two")
+    assert_same_weights(one, tmp_path / "two")

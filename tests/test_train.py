@@ -1,7 +1,6 @@
 """The training system end to end on digits: every method, resume after SIGKILL, bad input."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from antdiff.api import train
 from antdiff.cli import main
 from antdiff.config import make_config
 from antdiff.errors import AntError
+from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
 
 FAST = {"dataset": "digits", "batch_size": 16, "num_samples": 4, "sample_steps": 2,
         "log_every": 5, "checkpoint_every": 10}  # fmt: skip
@@ -26,10 +26,6 @@ FAST = {"dataset": "digits", "batch_size": 16, "num_samples": 4, "sample_steps":
 
 def run(tmp_path: Path, name: str, **over) -> Path:
     return train(make_config({**FAST, "out": str(tmp_path / name), **over})).path
-
-
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(ckpt_mod.latest(run_dir) / "model.safetensors")
 
 
 def test_uw_run_writes_the_run_directory(tmp_path) -> None:
@@ -162,31 +158,15 @@ def test_sample_and_export(tmp_path) -> None:
     assert images.shape == (2, 8, 8, 1)
 
 
-# No attention here: a key bias has an exactly zero true gradient (softmax is shift invariant),
-# so Adam turns its float noise into O(lr) steps that no two reduction orders agree on.
-NO_ATTENTION = {"down_block_types": ["DownBlock2D"] * 2, "up_block_types": ["UpBlock2D"] * 2,
-                "add_attention": False}  # fmt: skip
-
-
 def test_ddp_two_processes_equal_one(tmp_path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for method in ("uw", "pcgrad"):
         flags = {**FAST, "method": method, "steps": 6, "batch_size": 15, "checkpoint_every": 6,
                  "num_samples": 2, "model_options": NO_ATTENTION}  # fmt: skip
         argv = [f"--{k.replace('_', '-')}={json.dumps(v) if isinstance(v, dict) else v}"
                 for k, v in flags.items()]  # fmt: skip
         one = run(tmp_path, f"one-{method}", **{**flags})
-        two = tmp_path / f"two-{method}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(29500 + random.randrange(400)), "-m", "antdiff", "train",
-               *argv, f"--out={two}"]  # fmt: skip
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        a, b = final_weights(one), final_weights(two)
-        for k in a:  # relative error of each parameter tensor (Adam amplifies rounding noise
-            # on near-zero gradients elementwise, so compare tensors, not single entries)
-            rel = (a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)
-            assert rel <= 1e-4, (method, k, float(rel))
+        train_two_processes(argv, tmp_path / f"two-{method}")
+        assert_same_weights(one, tmp_path / f"two-{method}")
 
 
 def test_evaluate_json_and_eval_every(tmp_path, capsys) -> None:
