@@ -38,16 +38,17 @@ SPEC = {"affinity": "affinity:5:{affinity}", "auto": "affinity:5:auto"}
 ANT = {f"ant-{m}-{c}": f"--method {m} --clusters {SPEC.get(c, f'{c}:5')}" for m in ("uw", "pcgrad",
        "nash") for c in ("timestep", "log-snr", "affinity", "auto")}  # fmt: skip
 # Methods as `antdiff train` flags; stratified-* are controls: ANT's timestep sampling over the
-# intervals with the plain mean loss (no MTL method); -wN: auto with a warm-up of N steps.
+# intervals with the plain mean loss (no MTL method); -wN / -bN: auto, N warm-up steps / bins.
 ONE = "--method mean --clusters timestep:1 --timestep-sampling"  # the plain mean over samples
 VARIANTS: dict[str, str] = {
     "vanilla": "--method vanilla", "min-snr": "--method min-snr", "p2": "--method p2", **ANT,
-    "famo-timestep": "--method famo",
-    "famo-same-batch-timestep": """--method famo --method-options '{"same_batch": true}'""",
+    "famo-timestep": "--method famo", "famo-same-batch-timestep":
+    """--method famo --method-options '{"same_batch": true}'""",
     "ant-uw-p2-timestep": "--method uw --weighting p2",
     "stratified-affinity": "--method mean --clusters affinity:5:{affinity}",
     "stratified-log-snr": "--method mean --clusters log-snr:5",
-    **{f"ant-uw-auto-w{w}": f"{ANT['ant-uw-auto']} --affinity-warmup {w}" for w in (20, 50, 200)},
+    **{f"ant-uw-auto-{k}{v}": f"{ANT['ant-uw-auto']} --affinity-{f} {v}" for k, f, v in [("w",
+       "warmup", 20), ("w", "warmup", 50), ("w", "warmup", 200), ("b", "bins", 50)]},
     "edm2": "--method edm2", "debiased": "--method debiased", "logit-normal":
     f"{ONE} logit-normal:0,1", "mode": f"{ONE} mode:1.29", "loss-aware": f"{ONE} loss-aware",
 }  # fmt: skip
