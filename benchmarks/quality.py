@@ -117,8 +117,7 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
     if old is not None and not resume:
         raise SystemExit(f"--reevaluate: {rdir} is gone (run directories are needed)")
     t_wall = time.perf_counter()
-    setting = SETTINGS[args.dataset]
-    curve_guidance = setting.get("curve_guidance", 1.0)
+    curve_guidance = (setting := SETTINGS[args.dataset]).get("curve_guidance", 1.0)
     with Trainer.start(cfg, resume=resume) as trainer:
         trainer.evaluator = evaluator(trainer, args, args.curve_num, curve_guidance)
         trainer.fit()
