@@ -95,6 +95,12 @@ def relative(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
     return [x / y - 1 for x, y in pairs]
 
 
+def reference(name: str) -> str:
+    """The vanilla a method is paired with: the plain run of its own objective (flow rows have a
+    velocity held-out loss, not comparable with epsilon-prediction vanilla's)."""
+    return "flow-vanilla" if name.startswith("flow-") else "vanilla"
+
+
 def summarize(
     results: list[dict[str, Any]],
     *,
@@ -113,11 +119,15 @@ def summarize(
     for r in sorted(results, key=lambda r: r["seed"]):
         by_method.setdefault(r["method"], []).append(r)
     metric = "fd" if "fd" in final_eval(results[0], guidance) else "swd"
-    base = {r["seed"]: r for r in by_method.get("vanilla", [])}
-    target = curve_mean(list(base.values()), metric)[-1][1] if base else None
+    bases = {ref: {r["seed"]: r for r in by_method.get(ref, [])} for ref in ("vanilla",
+             "flow-vanilla")}  # fmt: skip
+    clock = bases["vanilla"]  # the wall-clock budget is always vanilla's
     costs, overheads = costs or {}, overheads or {}
     methods = {}
     for name, runs in by_method.items():
+        base = bases[reference(name)] if name != reference(name) else {}
+        own_base = bases[reference(name)]
+        target = curve_mean(list(own_base.values()), metric)[-1][1] if own_base else None
         finals = [final_eval(r, guidance) for r in runs]
         per_step = statistics.fmean(step_seconds(r) for r in runs)
         e: dict[str, Any] = {
@@ -139,10 +149,11 @@ def summarize(
             for g in runs[0]["final"]:
                 m, s = mean_std([r["final"][g][metric] for r in runs])
                 e["guidance"][g] = {f"{metric}_mean": m, f"{metric}_std": s}
-                if name != "vanilla" and base:
+                if base:
                     d = paired(runs, base, lambda r, g=g: r["final"][g][metric])
                     e["guidance"][g].update(diff_mean=d["mean"], diff_std=d["std"])
-        if name != "vanilla" and base:
+        if base:
+            e["paired_with"] = reference(name)
             for key in (metric, "heldout"):
                 if key in finals[0]:
                     e[f"{key}_diff_vs_vanilla"] = paired(
@@ -158,8 +169,8 @@ def summarize(
         }
         if target is not None:
             e["steps_to_vanilla_final"] = steps_to_reach(e["curve"][metric], target)
-        if base:
-            base_step = statistics.fmean(step_seconds(r) for r in base.values())
+        if clock:
+            base_step = statistics.fmean(step_seconds(r) for r in clock.values())
             probe = costs.get(name, 0) / costs["vanilla"] if "vanilla" in costs else 0
             e["cost_vs_vanilla"] = round(probe or per_step / base_step, 3)
             e["cost_source"] = "interleaved probe" if probe else "the runs' own clocks"
@@ -167,12 +178,21 @@ def summarize(
             e["overhead_steps"] = round(overheads.get(name, 0) + own, 1)
             budget = e["steps"] / e["cost_vs_vanilla"] - e["overhead_steps"]
             reach = max(0, min(e["steps"], int(budget)))
-            m, s = mean_std([at_step(r, reach, metric) for r in runs])
-            e["equal_time"] = {"steps_affordable": reach, "step": reach,
-                               f"{metric}_mean": m, f"{metric}_std": s}  # fmt: skip
-            if "heldout" in runs[0]["curve"][0]:
-                hm, hs = mean_std([at_step(r, reach, "heldout") for r in runs])
-                e["equal_time"].update(heldout_mean=hm, heldout_std=hs)
+            e["equal_time"] = {"steps_affordable": reach, "step": reach}
+            if reach > 0:  # else its fixed cost alone exceeds vanilla's training time
+                m, s = mean_std([at_step(r, reach, metric) for r in runs])
+                e["equal_time"].update({f"{metric}_mean": m, f"{metric}_std": s})
+                if base:
+
+                    def budgeted(r: dict, n: int = reach, m: str = name) -> float:
+                        return at_step(r, n if r["method"] == m else r["steps"], metric)
+
+                    d = paired(runs, base, budgeted)  # vanilla: all of its steps
+                    e["equal_time"].update(diff_mean=d["mean"], diff_std=d["std"])
+                if "heldout" in runs[0]["curve"][0]:
+                    hm, hs = mean_std([at_step(r, reach, "heldout") for r in runs])
+                    e["equal_time"].update(heldout_mean=hm, heldout_std=hs)
         methods[name] = e
+    target = methods.get("vanilla", {}).get("curve", {}).get(metric, [(0, None)])[-1][1]
     return {"setting": results[0]["setting"], "metric": metric, "vanilla_final_curve": target,
             "methods": methods}  # fmt: skip

@@ -35,7 +35,8 @@ def markdown(summary: dict[str, Any]) -> str:
     steps = next(iter(ms.values()))["steps"]
     lines = [
         f"Equal steps ({steps}); mean +/- std over n seeds; differences are paired per seed "
-        "(method minus vanilla, same training seed, same evaluation seed).", "",
+        "(method minus vanilla, same training seed, same evaluation seed; flow-* rows minus "
+        "flow-vanilla).", "",
         f"| method | n | held-out loss x1e3 | d held-out vs vanilla | {m_up} final | "
         f"d {m_up} vs vanilla | " + " | ".join(extras) + f" | steps to vanilla's final {m_up} |",
         "|---|---|---|---|---|---|" + "---|" * len(extras) + "---|",
@@ -64,12 +65,16 @@ def markdown(summary: dict[str, Any]) -> str:
               "fixed costs (a pre-run, an online measurement) in vanilla steps; values read on "
               f"the convergence curve, {summary.get('curve_num', '')} samples):", "",
               f"| method | cost x vanilla | fixed cost | steps in vanilla's time | {m_up} | "
-              "held-out x1e3 |", "|---|---|---|---|---|---|"]  # fmt: skip
+              f"d {m_up} vs vanilla | held-out x1e3 |", "|---" * 7 + "|"]  # fmt: skip
     for name, e in ms.items():
-        if q := e.get("equal_time"):
+        if (q := e.get("equal_time")) and f"{metric}_mean" not in q:
+            lines.append(f"| {name} | {e['cost_vs_vanilla']:.2f} | {e['overhead_steps']:g} | 0 "
+                         "| fixed cost exceeds the budget | - | - |")  # fmt: skip
+        elif q:
+            d = fmt(q["diff_mean"], q["diff_std"], dig) if "diff_mean" in q else "-"
             lines.append(f"| {name} | {e['cost_vs_vanilla']:.2f} | {e['overhead_steps']:g} | "
                          f"{q['step']} | {fmt(q[f'{metric}_mean'], q[f'{metric}_std'], dig)} | "
-                         f"{milli(q, 'heldout')} |")  # fmt: skip
+                         f"{d} | {milli(q, 'heldout')} |")  # fmt: skip
     sweeps = {n: e["guidance"] for n, e in ms.items() if "guidance" in e}
     if sweeps:
         gs = list(next(iter(sweeps.values())))

@@ -68,6 +68,7 @@ def test_summary_pairs_seeds_and_reads_the_curves(bench) -> None:
     assert e["cost_vs_vanilla"] == pytest.approx(2.0)
     assert e["equal_time"]["steps_affordable"] == 150
     assert e["equal_time"]["fd_mean"] == pytest.approx(25.0)
+    assert e["equal_time"]["diff_mean"] == pytest.approx(25.0 - 22.0)  # paired at equal time
     # a step cost measured side by side wins over the runs' own clocks
     probed = stats.summarize(
         results, guidance="2.0", costs={"vanilla": 10.0, "ant-uw-affinity": 12}
@@ -120,3 +121,24 @@ def test_unknown_method_is_a_usage_error(bench, capsys) -> None:
         bench["quality"].parse_args(["--methods", "vanilla,nope"])
     assert exc.value.code == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_flow_rows_pair_with_flow_vanilla_and_fixed_costs_can_exceed_the_budget(bench) -> None:
+    stats, tables = bench["bench_stats"], bench["bench_tables"]
+    final = [("vanilla", 20.0), ("flow-vanilla", 10.0), ("flow-ant-uw-auto", 8.0),
+             ("ant-uw-affinity", 9.0)]  # fmt: skip
+    results = [fake_run(m, s, {"1.0": fd + s}, [90, 40, 30, fd], secs=10.0)
+               for s in range(2) for m, fd in final]  # fmt: skip
+    summary = stats.summarize(results, overheads={"ant-uw-affinity": 400.0})
+    summary["heldout_intervals"] = stats.heldout_bounds(results[0])
+    flow = summary["methods"]["flow-ant-uw-auto"]
+    assert flow["paired_with"] == "flow-vanilla"
+    assert flow["fd_diff_vs_vanilla"]["mean"] == pytest.approx(-2.0)
+    assert flow["equal_time"]["diff_mean"] == pytest.approx(-2.0)
+    assert "fd_diff_vs_vanilla" not in summary["methods"]["flow-vanilla"]
+    manual = summary["methods"]["ant-uw-affinity"]  # a 400-step pre-run in a 300-step budget
+    assert manual["fd_diff_vs_vanilla"]["mean"] == pytest.approx(-11.0)
+    assert manual["equal_time"] == {"steps_affordable": 0, "step": 0}
+    assert "| ant-uw-affinity | 1.00 | 400 | 0 | fixed cost exceeds the budget |" in (
+        tables.markdown(summary)
+    )
