@@ -37,8 +37,7 @@ from step_cost import machine, update_train_costs
 SPEC = {"affinity": "affinity:5:{affinity}", "auto": "affinity:5:auto"}
 ANT = {f"ant-{m}-{c}": f"--method {m} --clusters {SPEC.get(c, f'{c}:5')}" for m in ("uw", "pcgrad",
        "nash") for c in ("timestep", "log-snr", "affinity", "auto")}  # fmt: skip
-# Methods as `antdiff train` flags; stratified-* are controls: ANT's timestep sampling over the
-# intervals with the plain mean loss (no MTL method); -wN / -bN: auto, N warm-up steps / bins.
+# `antdiff train` flags. stratified-*: controls (ANT's sampling, no MTL); -wN/-bN: warm-up/bins
 ONE = "--method mean --clusters timestep:1 --timestep-sampling"  # the plain mean over samples
 VARIANTS: dict[str, str] = {
     "vanilla": "--method vanilla", "min-snr": "--method min-snr", "p2": "--method p2", **ANT,
@@ -51,6 +50,7 @@ VARIANTS: dict[str, str] = {
        "warmup", 20), ("w", "warmup", 50), ("w", "warmup", 200), ("b", "bins", 50)]},
     "edm2": "--method edm2", "debiased": "--method debiased", "logit-normal":
     f"{ONE} logit-normal:0,1", "mode": f"{ONE} mode:1.29", "loss-aware": f"{ONE} loss-aware",
+    "ant-uw-auto-loss-aware": f"{ANT['ant-uw-auto']} --timestep-sampling loss-aware",
 }  # fmt: skip
 VARIANTS.update({f"flow-{m}": f"--objective flow {VARIANTS[m]}" for m in ("vanilla",  # SD3's t:
                 "logit-normal", "ant-uw-timestep", "ant-uw-log-snr", "ant-uw-auto")})  # fmt: skip
