@@ -1,11 +1,10 @@
-"""Does ANT beat vanilla, Min-SNR and P2? Matched-step and matched-wall-clock quality.
+"""Does ANT beat vanilla and today's alternatives? Matched-step and matched-wall-clock quality.
 
 Each (setting, method, seed) is one run of the library's training loop with the `antdiff train`
-flags of SETTINGS and VARIANTS (each result records its `antdiff train` line); the trainer
-evaluates the EMA model every `--curve-every` steps, clocking training apart from evaluation,
-then `--fd-num` samples are evaluated (per guidance scale when conditional). Paired by design:
-one sampling seed for every model, and the held-out loss (unweighted epsilon MSE: it favours
-vanilla by construction) on the same triples over ONE common partition. Resumable.
+flags of SETTINGS and VARIANTS (recorded in its result); the EMA model is evaluated every
+`--curve-every` steps (training clocked apart), then on `--fd-num` samples per guidance scale.
+Paired by design: one sampling seed for every model, and the held-out loss (the unweighted
+prediction MSE, vanilla's own objective) on the same triples over ONE partition. Resumable.
 
     python benchmarks/quality.py --quick
     python benchmarks/quality.py --dataset digits --methods vanilla,min-snr --seeds 0,1,2
@@ -50,10 +49,12 @@ VARIANTS: dict[str, str] = {
        "warmup", 20), ("w", "warmup", 50), ("w", "warmup", 200), ("b", "bins", 50)]},
     "edm2": "--method edm2", "debiased": "--method debiased", "logit-normal":
     f"{ONE} logit-normal:0,1", "mode": f"{ONE} mode:1.29", "loss-aware": f"{ONE} loss-aware",
-    "ant-uw-auto-loss-aware": f"{ANT['ant-uw-auto']} --timestep-sampling loss-aware",
+    **{f"ant-uw-auto-{s}": f"{ANT['ant-uw-auto']} --timestep-sampling {s}" for s in ("loss-aware",
+       "logit-normal")},  # combinations: ANT-UW over the intervals, timesteps drawn so
 }  # fmt: skip
 VARIANTS.update({f"flow-{m}": f"--objective flow {VARIANTS[m]}" for m in ("vanilla",  # SD3's t:
-                "logit-normal", "ant-uw-timestep", "ant-uw-log-snr", "ant-uw-auto")})  # fmt: skip
+                "logit-normal", "ant-uw-timestep", "ant-uw-log-snr", "ant-uw-auto",
+                "ant-uw-auto-logit-normal")})  # fmt: skip
 DIGITS = "--dataset digits --batch-size 64 --lr 2e-3"
 SETTINGS: dict[str, dict[str, Any]] = {
     "digits": {"flags": DIGITS, "steps": 2000},
