@@ -36,9 +36,8 @@ from step_cost import machine, update_train_costs
 SPEC = {"affinity": "affinity:5:{affinity}", "auto": "affinity:5:auto"}
 ANT = {f"ant-{m}-{c}": f"--method {m} --clusters {SPEC.get(c, f'{c}:5')}" for m in ("uw", "pcgrad",
        "nash") for c in ("timestep", "log-snr", "affinity", "auto")}  # fmt: skip
-# `antdiff train` flags. stratified-*: controls (ANT's sampling, no MTL); -wN/-bN: warm-up/bins
 ONE = "--method mean --clusters timestep:1 --timestep-sampling"  # the plain mean over samples
-VARIANTS: dict[str, str] = {
+VARIANTS: dict[str, str] = {  # `antdiff train` flags; stratified-*: no MTL; -wN/-bN: warm-up/bins
     "vanilla": "--method vanilla", "min-snr": "--method min-snr", "p2": "--method p2", **ANT,
     "famo-timestep": "--method famo", "famo-same-batch-timestep":
     """--method famo --method-options '{"same_batch": true}'""",
