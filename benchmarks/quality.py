@@ -44,8 +44,8 @@ VARIANTS: dict[str, str] = {  # `antdiff train` flags; stratified-*: no MTL; -wN
     "ant-uw-p2-timestep": "--method uw --weighting p2",
     "stratified-affinity": "--method mean --clusters affinity:5:{affinity}",
     "stratified-log-snr": "--method mean --clusters log-snr:5",
-    **{f"ant-uw-auto-{k}{v}": f"{ANT['ant-uw-auto']} --affinity-{f} {v}" for k, f, v in [("w",
-       "warmup", 20), ("w", "warmup", 50), ("w", "warmup", 200), ("b", "bins", 50)]},
+    **{f"ant-uw-auto-{k}{v}": f"{ANT['ant-uw-auto']} --affinity-{f} {v}" for k, f, v in [*(("w",
+       "warmup", n) for n in (20, 50, 100, 200, 300)), ("b", "bins", 50)]},
     "edm2": "--method edm2", "debiased": "--method debiased", "logit-normal":
     f"{ONE} logit-normal:0,1", "mode": f"{ONE} mode:1.29", "loss-aware": f"{ONE} loss-aware",
     **{f"ant-uw-auto-{s}": f"{ANT['ant-uw-auto']} --timestep-sampling {s}" for s in ("loss-aware",
@@ -53,7 +53,7 @@ VARIANTS: dict[str, str] = {  # `antdiff train` flags; stratified-*: no MTL; -wN
 }  # fmt: skip
 VARIANTS.update({f"flow-{m}": f"--objective flow {VARIANTS[m]}" for m in ("vanilla",  # SD3's t:
                 "logit-normal", "ant-uw-timestep", "ant-uw-log-snr", "ant-uw-auto",
-                "ant-uw-auto-logit-normal")})  # fmt: skip
+                "ant-uw-auto-w100", "ant-uw-auto-logit-normal")})  # fmt: skip
 DIGITS = "--dataset digits --batch-size 64 --lr 2e-3"
 SETTINGS: dict[str, dict[str, Any]] = {
     "digits": {"flags": DIGITS, "steps": 2000},

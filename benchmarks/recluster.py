@@ -1,14 +1,14 @@
 """Does re-clustering during training help `--clusters affinity:K:auto`? (the [auto] issue's
 question; the answer decides whether a `--recluster-every` option ships.)
 
-Each run is benchmarks/quality.py's `ant-uw-auto` on its setting (vanilla warm-up of 10% of
-the steps, the online affinity, the DP, ANT-UW), except that every N steps after the switch the
+Each run is benchmarks/quality.py's `ant-uw-auto-w100` on its setting (a vanilla warm-up of 100
+steps, the online affinity, the DP, ANT-UW), except that every N steps after the switch the
 affinity is measured again on the current raw weights (the same bins, probe and sketch as the
 warm-up's, one snapshot) and the intervals are re-chosen by the DP. Rule for the method's state
 across a change of partition: UW's log-variance of a new interval is the mean of the old
 intervals' log-variances weighted by their overlap with it (in timesteps); the optimizer starts
 fresh moments for them. The final evaluation is quality.py's (the same evaluator, seeds and
-sample counts), so the rows pair with its `ant-uw-auto` rows of the same seeds; results go to
+sample counts), so the rows pair with its `ant-uw-auto-w100` rows of the same seeds; results in
 benchmarks/results/recluster/SETTING-rN/seedS.json, and the paired table is printed.
 
     python benchmarks/recluster.py --dataset digits --every 250 --seeds 0,1,2,3,4
@@ -97,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     bench = argparse.Namespace(**{**DEFAULTS, "dataset": args.dataset, "steps": args.steps})
     name, seeds = f"ant-uw-auto-r{args.every}", [int(s) for s in args.seeds.split(",")]
+    base_row = "ant-uw-auto-w100"  # the auto default (10%) when these results were made
     root = Path("benchmarks/results/recluster") / f"{args.dataset}-r{args.every}"
     for seed in seeds:
         out = root / f"seed{seed}.json"
         if out.is_file():
             continue
         torch.set_num_threads(1)
-        flags = (f"{SETTINGS[args.dataset]['flags']} {VARIANTS['ant-uw-auto']} --steps "
+        flags = (f"{SETTINGS[args.dataset]['flags']} {VARIANTS[base_row]} --steps "
                  f"{args.steps} --seed {seed} --out runs/bench/recluster/{name}/seed{seed} "
                  "--log-every 125 --checkpoint-every 1000 --num-samples 16")  # fmt: skip
         cfg = train_config(shlex.split(flags))
@@ -124,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(result, indent=1))
         print(f"{name} seed {seed}: FD {final['1.0']['fd']:.2f}", flush=True)
     ours = [json.loads((root / f"seed{s}.json").read_text())["final"]["1.0"]["fd"] for s in seeds]
-    base = [json.loads((Path(bench.results) / args.dataset / "ant-uw-auto" / f"seed{s}.json")
+    base = [json.loads((Path(bench.results) / args.dataset / base_row / f"seed{s}.json")
                        .read_text())["final"]["1.0"]["fd"] for s in seeds]  # fmt: skip
     diff = [a - b for a, b in zip(ours, base, strict=True)]
     sd = statistics.stdev(diff) if len(diff) > 1 else 0.0
     print(
-        f"| seeds | ant-uw-auto FD | {name} FD | paired difference |\n|---|---|---|---|\n"
+        f"| seeds | {base_row} FD | {name} FD | paired difference |\n|---|---|---|---|\n"
         f"| {args.seeds} | {', '.join(f'{v:.2f}' for v in base)} | "
         f"{', '.join(f'{v:.2f}' for v in ours)} | {statistics.mean(diff):+.2f} +- {sd:.2f} |"
     )

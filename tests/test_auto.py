@@ -19,6 +19,7 @@ import torch
 
 from antdiff import checkpoint
 from antdiff.cli import main
+from antdiff.config import TrainConfig, affinity_warmup
 from antdiff.diffusion import NoiseSchedule
 from antdiff.tasks import cluster_timesteps
 from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
@@ -142,3 +143,10 @@ def test_two_processes_equal_one_the_measurement_included(tmp_path: Path) -> Non
     za, zb = np.load(tmp_path / "one" / "tasks.npz"), np.load(tmp_path / "two" / "tasks.npz")
     np.testing.assert_allclose(za["snapshots"], zb["snapshots"], atol=2e-3)
     assert_same_weights(tmp_path / "one", tmp_path / "two")
+
+
+def test_the_default_warm_up_is_2_percent_and_at_least_one_step_per_snapshot() -> None:
+    assert affinity_warmup(TrainConfig(steps=1000)) == 20
+    assert affinity_warmup(TrainConfig(steps=3000)) == 60
+    assert affinity_warmup(TrainConfig(steps=50, affinity_snapshots=3)) == 3
+    assert affinity_warmup(TrainConfig(steps=1000, affinity_warmup=7)) == 7

@@ -116,7 +116,7 @@ HELP = {
     "method_options": "JSON object of the method's options, e.g. '{\"lr\": 0.025}' for uw",
     "weighting": "fixed loss weighting: constant | min-snr[:gamma] | p2[:gamma=,k=] | soft-min-snr "
     "| debiased | sigma-sqrt, cosmap (flow)",
-    "affinity_warmup": "affinity:K:auto: vanilla steps before the tasks are chosen (10%% of steps)",
+    "affinity_warmup": "affinity:K:auto: vanilla steps before the tasks are chosen (2%% of steps)",
     "affinity_bins": "affinity:K:auto: equal timestep bins of the affinity measurement",
     "affinity_probe": "affinity:K:auto: fixed training samples whose gradients are measured",
     "affinity_snapshots": "affinity:K:auto: measurements spread over the warm-up, averaged",
@@ -320,10 +320,12 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def affinity_warmup(cfg: TrainConfig) -> int:
-    """Steps of the warm-up of `affinity:K:auto`: the flag, or 10% of the steps."""
+    """Steps of the warm-up of `affinity:K:auto`: the flag, or 2% of the steps. Measured on
+    digits (benchmarks/auto_affinity.py and quality.py's ant-uw-auto-wN rows, 5 seeds): 2% gave
+    the steadiest partitions and the best FD; 10% sometimes a late last interval."""
     if cfg.affinity_warmup is not None:
         return cfg.affinity_warmup
-    return max(cfg.affinity_snapshots, round(0.1 * cfg.steps))
+    return max(cfg.affinity_snapshots, round(0.02 * cfg.steps))
 
 
 def check_auto(cfg: TrainConfig, k: int) -> None:
