@@ -18,10 +18,12 @@ import pytest
 import torch
 
 from antdiff import checkpoint
-from antdiff.cli import main
+from antdiff.cli import main, train_config
 from antdiff.config import TrainConfig, affinity_warmup
 from antdiff.diffusion import NoiseSchedule
+from antdiff.errors import AntError
 from antdiff.tasks import cluster_timesteps
+from antdiff.train import Trainer
 from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
 
 AUTO = ["--dataset", "digits", "--batch-size", "16", "--num-samples", "4", "--sample-steps", "2",
@@ -150,3 +152,23 @@ def test_the_default_warm_up_is_2_percent_and_at_least_one_step_per_snapshot() -
     assert affinity_warmup(TrainConfig(steps=3000)) == 60
     assert affinity_warmup(TrainConfig(steps=50, affinity_snapshots=3)) == 3
     assert affinity_warmup(TrainConfig(steps=1000, affinity_warmup=7)) == 7
+
+
+def test_a_resume_with_other_steps_keeps_the_warm_up_schedule_it_began(tmp_path: Path) -> None:
+    """--steps may change on resume, and with it the default warm-up (2% of the steps); the
+    snapshots already begun must not move, else a due one could be skipped."""
+    flags = [a for a in AUTO if a not in ("--affinity-warmup", "12")]  # the default warm-up
+    first = train_config([*flags, "--steps", "300", "--out", str(tmp_path / "r")])
+    with Trainer.start(first) as t:
+        assert t.auto.at == [2, 4, 6]
+        for _ in range(3):
+            t.train_step()
+            assert t.auto.observe(t.step, t.model, t.dist) is None
+        t.save()
+    shorter = train_config([*flags, "--steps", "150", "--out", str(tmp_path / "r")])
+    assert affinity_warmup(shorter) == 3  # a fresh run of 150 steps would measure at 1, 2, 3
+    with Trainer.start(shorter, resume=True) as t:
+        assert t.step == 3 and t.auto.at == [2, 4, 6] and len(t.auto.matrices) == 1
+        t.auto.at = [1, 2, 3]  # had it been recomputed from the new steps: step 4 is past 2
+        with pytest.raises(AntError, match="snapshot due at step 2 was missed"):
+            t.auto.observe(4, t.model, t.dist)

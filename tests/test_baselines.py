@@ -95,9 +95,16 @@ def test_loss_aware_is_uniform_until_full_then_unbiased() -> None:
     p = s.probabilities()
     expected = loss / loss.sum() * (1 - s.UNIFORM) + s.UNIFORM / T  # sqrt(E[L^2]) = L
     torch.testing.assert_close(p, expected)
-    draws, _ = s.sample(400_000, torch.Generator().manual_seed(1))
-    weighted = (s.importance(draws).double() * loss[draws]).mean()
-    assert float(weighted) == pytest.approx(float(loss.mean()), rel=0.01)  # the uniform objective
+    draws, task = s.sample(400_000, torch.Generator().manual_seed(1))
+    weighted = s.importance(draws).double() * loss[draws]
+    for k, (lo, hi) in enumerate(PART.intervals):  # each task's mean: its interval's uniform one
+        mean = float(weighted[task == k].mean())
+        assert mean == pytest.approx(float(loss[lo : hi + 1].mean()), rel=0.02), k
+    one = LossAwareSampler(IntervalPartition.uniform(T, 1), history=2)  # one task: 1 / (T p_t)
+    one.load_state_dict(s.state_dict())
+    torch.testing.assert_close(one.importance(draws), (1 / (T * p[draws])).float())
+    assert float((one.importance(draws).double() * loss[draws]).mean()) == pytest.approx(
+        float(loss.mean()), rel=0.01)  # fmt: skip
     state = s.state_dict()
     other = LossAwareSampler(PART, history=2)
     other.load_state_dict(state)

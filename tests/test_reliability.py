@@ -93,6 +93,7 @@ BAD_INPUTS = [
     ("train --clusters affinity:5:auto --affinity-probe 100000", "more than the 1497 training"),
     ("train --clusters affinity:5:auto --affinity-snapshots 0", "affinity_snapshots must be"),
     ("train --method bogus", "unknown method 'bogus'; choose from vanilla, min-snr, p2"),
+    ("train --method edm2 --precision fp16", "edm2 weighting trains in fp32 or bf16"),
     ("train --method vanilla --timestep-sampling stratified", "means --timestep-sampling"),
     ("train --method min-snr --weighting p2", "means --weighting min-snr"),
     ("train --method-options [1]", "must be a JSON object"),

@@ -8,7 +8,8 @@ probe of P training samples, count-sketched gradients, each snapshot its own pro
 After the last one, the mean matrix goes through the exact DP with the affinity cost and the run
 continues with its method over the K intervals found. The measurement runs on rank 0 and is
 broadcast; the mean is rounded to 4 decimals (far below the sketch's error of about 0.03), so
-that processes whose weights differ by float rounding choose the same intervals.
+that a run under torchrun, whose weights differ from one process's by float rounding, chooses
+the same intervals as one process.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ class AutoClusters:
 
     def observe(self, step: int, model: nn.Module, dist: Dist) -> Clustering | None:
         """Measure at the snapshot steps; at the last one, the K intervals of the DP."""
-        if step not in self.at[len(self.matrices) :]:
+        due = self.at[len(self.matrices)]
+        if step > due:  # never silently train on with provisional tasks
+            raise AntError(f"affinity:K:auto: the snapshot due at step {due} was missed")
+        if step < due:
             return None
         start = time.perf_counter()
         matrix = torch.zeros(len(self.edges) - 1, len(self.edges) - 1, dtype=torch.float64)
@@ -93,8 +97,14 @@ class AutoClusters:
 
     def state_dict(self) -> dict[str, Any]:
         matrices = torch.from_numpy(np.array(self.matrices, dtype=np.float64))
-        return {"matrices": matrices, "seconds": self.seconds}
+        return {"matrices": matrices, "seconds": self.seconds, "at": torch.tensor(self.at)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The run's own snapshot steps: a resume may change --steps, and with it the default
+        warm-up, but not a schedule already begun."""
         self.matrices = list(state["matrices"].numpy())
         self.seconds = float(state["seconds"])
+        self.at = [int(v) for v in state.get("at", self.at)]
+        if self.at[-1] >= self.cfg.steps:
+            raise AntError(f"affinity:K:auto: this run's warm-up ends at step {self.at[-1]}; "
+                           f"--steps must be more than that, got {self.cfg.steps}")  # fmt: skip

@@ -316,13 +316,15 @@ def validate(cfg: TrainConfig) -> None:
     learned = build_weighting(cfg.weighting, cfg.prediction).name == "edm2"
     if learned and isinstance(method, GramianMethod):  # u would get no combined gradient
         raise AntError(f"the edm2 weighting trains with loss-based methods, not {cfg.method}")
+    if learned and cfg.precision == "fp16":  # the loss scaler unscales the model's grads only
+        raise AntError("the edm2 weighting trains in fp32 or bf16, not fp16")
     timestep_range(cfg)
 
 
 def affinity_warmup(cfg: TrainConfig) -> int:
     """Steps of the warm-up of `affinity:K:auto`: the flag, or 2% of the steps. Measured on
-    digits (benchmarks/auto_affinity.py and quality.py's ant-uw-auto-wN rows, 5 seeds): 2% gave
-    the steadiest partitions and the best FD; 10% sometimes a late last interval."""
+    digits 8x8 over 5 seeds (the project's benchmark): 2% gave the steadiest partitions and the
+    best FD; 10% and 20% sometimes a late last interval and a much worse FD."""
     if cfg.affinity_warmup is not None:
         return cfg.affinity_warmup
     return max(cfg.affinity_snapshots, round(0.02 * cfg.steps))

@@ -1,14 +1,14 @@
 """ANT inside a HuggingFace accelerate training loop (extra `ant-diffusion[accelerate]`),
-exact with gradient accumulation, fp16 loss scaling and DDP (tests/test_accelerate.py).
+exact with gradient accumulation, fp16 loss scaling and DDP.
 
     method = build_method("uw", num_tasks=partition.k)                 # NOT accelerator.prepare(d)
     optimizer = AdamW([{"params": unet.parameters()}, *method.param_groups()], lr=lr)
     unet, optimizer, loader = accelerator.prepare(unet, optimizer, loader)
     ant = AcceleratedMTL(accelerator, method, StratifiedSampler(partition))
+    accelerator.register_for_checkpointing(method)                    # UW's log-variances
     for batch in loader:
         with accelerator.accumulate(unet):
             t, task_ids = ant.timesteps(len(batch))                   # instead of randint
-            # a non-uniform sampler's sampler.importance(t) multiplies the per-sample losses
             ...                                                        # noise, x_t, as before
             ant.backward(loss_fn, task_ids, unet)                      # instead of backward(loss)
             optimizer.step(); optimizer.zero_grad()

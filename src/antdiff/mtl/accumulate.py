@@ -85,7 +85,8 @@ class Accumulation:
             self.buf = _buffer(method, self.params, k)
             self.buf.zero_()
         elif isinstance(method, LossMethod):  # the same weights whatever the losses
-            self.weights = method.task_weights(torch.ones(k), self.present)
+            ones = torch.ones(k, device=self.params[0].device)
+            self.weights = method.task_weights(ones, self.present)
             method.zero_grad(set_to_none=True)
         else:
             self.weights = method.cached_weights()
@@ -101,10 +102,10 @@ class Accumulation:
         last = self.seen == self.n
         counts = self.counts.clamp_min(1).to(self.local)
         if not self.per_task:
-            per_sample = _call(loss_fn, torch.arange(ids.numel(), device=ids.device))
-            local = task_sums(per_sample, ids, self.method.num_tasks) / counts
             world = world_of(self.model)[0]
-            with nullcontext() if last else no_sync(self.model):
+            with nullcontext() if last else no_sync(self.model):  # DDP decides in the forward
+                per_sample = _call(loss_fn, torch.arange(ids.numel(), device=ids.device))
+                local = task_sums(per_sample, ids, self.method.num_tasks) / counts
                 ((self.weights.detach().to(local) * local).sum() * world * self.scale).backward()
             self.local += local.detach()
             return

@@ -15,7 +15,7 @@ through `mtl_after_step`: one extra forward without gradient per step), so delta
 the step caused on that batch. The default (`same_batch=False`) costs exactly one forward and one
 backward per step: "prev" is the previous step's losses and "now" the current step's, on another
 batch, so delta carries the batch-to-batch variance of the losses on top of the decrease. On
-diffusion timestep intervals both variants fail (docs/results.md): their losses span ~400x, and
+diffusion timestep intervals both variants fail in the project's benchmark: losses span ~400x, and
 log-loss balancing weights a task by 1 / L_i. All state (logits, Adam moments, previous
 losses) is in buffers, so `state_dict` resumes exactly, and under DDP every rank sees the same
 global losses and takes the same logit step. Absent tasks get weight 0 and delta 0.

@@ -13,7 +13,8 @@ every sample.
 * `loss-aware[:history]`: p_t proportional to sqrt(E[L_t^2]) over the last `history` losses at
   each t, mixed with 0.1% uniform, once every t has them (uniform before); each sample is
   weighted by 1 / (T p_t), so the objective stays the uniform one in expectation (Nichol &
-  Dhariwal 2021, Improved DDPM, Sec. 3.3). Its state is checkpointed.
+  Dhariwal 2021, Improved DDPM, Sec. 3.3); over K interval tasks by (P_k / W_k) / p_t, so each
+  task's loss stays its interval's uniform mean. Its state is checkpointed.
 
 Besides `sample`, each sampler gives `density()`, the probabilities it draws t with now [T].
 """
@@ -152,7 +153,7 @@ class ModeSampler(TimestepSampler):
         super().__init__(partition)
         grid = np.linspace(0, 1, 10_001)
         if not (math.isfinite(scale) and np.all(np.diff(self._f(grid, scale)) < 0)):
-            raise AntError(f"mode scale must keep f(u) decreasing (|scale| < ~1.3), got {scale}")
+            raise AntError(f"mode scale must keep f(u) decreasing (-1 <= scale <= ~1.75): {scale}")
         self.scale = float(scale)
 
     @staticmethod
@@ -199,7 +200,14 @@ class LossAwareSampler(TimestepSampler):
         return self.probabilities().numpy()
 
     def importance(self, t: torch.Tensor) -> torch.Tensor:
-        return (1.0 / (self.T * self.probabilities()[t.cpu()])).float()
+        """(P_k / W_k) / p_t for t in task k (mass P_k, width W_k): each task's mean loss stays
+        the uniform mean over its interval; with one task, Improved DDPM's 1 / (T p_t)."""
+        p = self.probabilities()
+        widths = self.partition.widths.double()
+        mass = torch.zeros(self.partition.k, dtype=torch.float64).index_add_(
+            0, self.partition.task_of(torch.arange(self.T)), p)  # fmt: skip
+        t = t.cpu()
+        return ((mass / widths)[self.partition.task_of(t)] / p[t]).float()
 
     def observe(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         """Shift each sample's loss into the history of its t (in batch order)."""
