@@ -1,8 +1,8 @@
 """Flow matching (`--objective flow`): the path, target and conditioning against their formulas,
 the flow log-SNR cost, diffusers' Euler and Heun schedulers against the exact ODE solution on
 Gaussian data, the SD3 weightings, config refusals, and runs that train (every method and
-clustering), resume exactly, run
-under torchrun equal to one process, export and sample from the export."""
+clustering), resume exactly, run under torchrun equal to one process, export and sample from
+the export."""
 
 from __future__ import annotations
 
