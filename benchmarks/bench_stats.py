@@ -125,8 +125,8 @@ def summarize(
     costs, overheads = costs or {}, overheads or {}
     methods = {}
     for name, runs in by_method.items():
-        base = bases[reference(name)] if name != reference(name) else {}
         own_base = bases[reference(name)]
+        base = own_base if name != reference(name) else {}  # what this row is paired with
         target = curve_mean(list(own_base.values()), metric)[-1][1] if own_base else None
         finals = [final_eval(r, guidance) for r in runs]
         per_step = statistics.fmean(step_seconds(r) for r in runs)
