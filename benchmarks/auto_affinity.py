@@ -73,8 +73,13 @@ def main() -> None:
                 t0 = time.perf_counter()
                 prb = make_probe(trainer.parts.data.x, None, probe, seed=cfg.seed)
                 matrices[trainer.step, bins, probe] = affinity_matrix(
-                    trainer.model, prb, bin_edges(cfg.timesteps, bins), setup,
-                    sketch_dim=1024, seed=block_seed(cfg.seed, trainer.step))  # fmt: skip
+                    trainer.model,
+                    prb,
+                    bin_edges(cfg.timesteps, bins),
+                    setup,
+                    sketch_dim=1024,
+                    seed=block_seed(cfg.seed, trainer.step),
+                )
                 seconds[trainer.step, bins, probe] = time.perf_counter() - t0
         train_seconds = time.perf_counter() - start - sum(seconds.values())
         schedule = trainer.parts.schedule
@@ -93,21 +98,39 @@ def main() -> None:
         part = partition(steps, s["bins"], s["probe"])
         cost = sum(seconds[t, s["bins"], s["probe"]] for t in steps)
         bounds = np.abs(np.array([iv[0] for iv in part[1:]]) - [iv[0] for iv in ref[1:]])
-        rows.append({**s, "snapshot_steps": steps, "intervals": part,
-                     "bound_distance": float(bounds.mean()), "measure_seconds": round(cost, 2),
-                     "measure_in_steps": round(cost / per_step, 1)})  # fmt: skip
-    out = {"train": TRAIN, "seed": args.seed, "reference": {**REFERENCE, "intervals": ref},
-           "seconds_per_step": round(per_step, 4), "rows": rows}  # fmt: skip
+        rows.append(
+            {
+                **s,
+                "snapshot_steps": steps,
+                "intervals": part,
+                "bound_distance": float(bounds.mean()),
+                "measure_seconds": round(cost, 2),
+                "measure_in_steps": round(cost / per_step, 1),
+            }
+        )
+    out = {
+        "train": TRAIN,
+        "seed": args.seed,
+        "reference": {**REFERENCE, "intervals": ref},
+        "seconds_per_step": round(per_step, 4),
+        "rows": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"reference (1,500 steps, {REFERENCE['bins']} bins, probe {REFERENCE['probe']}, "
-          f"5 snapshots): {ref}")  # fmt: skip
-    print("| warm-up | snapshots | bins | probe | intervals | mean bound distance | "
-          "measurement s (vanilla steps) |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    print(
+        f"reference (1,500 steps, {REFERENCE['bins']} bins, probe {REFERENCE['probe']}, "
+        f"5 snapshots): {ref}"
+    )
+    print(
+        "| warm-up | snapshots | bins | probe | intervals | mean bound distance | "
+        "measurement s (vanilla steps) |\n|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['warmup']} | {r['snapshots']} | {r['bins']} | {r['probe']} | "
-              f"{r['intervals']} | {r['bound_distance']:.1f} | {r['measure_seconds']} "
-              f"({r['measure_in_steps']}) |")  # fmt: skip
+        print(
+            f"| {r['warmup']} | {r['snapshots']} | {r['bins']} | {r['probe']} | "
+            f"{r['intervals']} | {r['bound_distance']:.1f} | {r['measure_seconds']} "
+            f"({r['measure_in_steps']}) |"
+        )
 
 
 if __name__ == "__main__":

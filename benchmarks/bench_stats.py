@@ -14,8 +14,20 @@ from collections.abc import Callable
 from typing import Any
 
 EXTRAS = {"fd": ("precision", "recall"), "swd": ("mmd2", "in_3std", "mode_tv")}
-KEEP = ("fd", "precision", "recall", "fd_halves", "fd_noise", "class_kl", "swd", "mmd2",
-        "loglik", "in_3std", "mode_tv", "num_samples")  # fmt: skip
+KEEP = (
+    "fd",
+    "precision",
+    "recall",
+    "fd_halves",
+    "fd_noise",
+    "class_kl",
+    "swd",
+    "mmd2",
+    "loglik",
+    "in_3std",
+    "mode_tv",
+    "num_samples",
+)
 
 
 def compact(res: dict[str, Any]) -> dict[str, Any]:
@@ -24,8 +36,11 @@ def compact(res: dict[str, Any]) -> dict[str, Any]:
     out = {k: res[k] for k in KEEP if k in res}
     if "heldout" in res:
         ivs = res["heldout"]["intervals"]
-        out.update(heldout=res["heldout"]["mean"], heldout_intervals=[iv["mean"] for iv in ivs],
-                   heldout_bounds=[iv["interval"] for iv in ivs])  # fmt: skip
+        out.update(
+            heldout=res["heldout"]["mean"],
+            heldout_intervals=[iv["mean"] for iv in ivs],
+            heldout_bounds=[iv["interval"] for iv in ivs],
+        )
     return out
 
 
@@ -119,8 +134,9 @@ def summarize(
     for r in sorted(results, key=lambda r: r["seed"]):
         by_method.setdefault(r["method"], []).append(r)
     metric = "fd" if "fd" in final_eval(results[0], guidance) else "swd"
-    bases = {ref: {r["seed"]: r for r in by_method.get(ref, [])} for ref in ("vanilla",
-             "flow-vanilla")}  # fmt: skip
+    bases = {
+        ref: {r["seed"]: r for r in by_method.get(ref, [])} for ref in ("vanilla", "flow-vanilla")
+    }
     clock = bases["vanilla"]  # the wall-clock budget is always vanilla's
     costs, overheads = costs or {}, overheads or {}
     methods = {}
@@ -160,8 +176,11 @@ def summarize(
                         runs, base, lambda r, key=key: final_eval(r, guidance)[key]
                     )
             if "heldout_intervals" in finals[0]:
-                rel = [relative(final_eval(r, guidance), final_eval(base[r["seed"]], guidance))
-                       for r in runs if r["seed"] in base]  # fmt: skip
+                rel = [
+                    relative(final_eval(r, guidance), final_eval(base[r["seed"]], guidance))
+                    for r in runs
+                    if r["seed"] in base
+                ]
                 cols = zip(*rel, strict=True)
                 e["heldout_intervals_rel_vs_vanilla"] = [statistics.fmean(c) for c in cols]
         e["curve"] = {
@@ -194,5 +213,9 @@ def summarize(
                     e["equal_time"].update(heldout_mean=hm, heldout_std=hs)
         methods[name] = e
     target = methods.get("vanilla", {}).get("curve", {}).get(metric, [(0, None)])[-1][1]
-    return {"setting": results[0]["setting"], "metric": metric, "vanilla_final_curve": target,
-            "methods": methods}  # fmt: skip
+    return {
+        "setting": results[0]["setting"],
+        "metric": metric,
+        "vanilla_final_curve": target,
+        "methods": methods,
+    }

@@ -36,11 +36,12 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"Equal steps ({steps}); mean +/- std over n seeds; differences are paired per seed "
         "(method minus vanilla, same training seed, same evaluation seed; flow-* rows minus "
-        "flow-vanilla).", "",
+        "flow-vanilla).",
+        "",
         f"| method | n | held-out loss x1e3 | d held-out vs vanilla | {m_up} final | "
         f"d {m_up} vs vanilla | " + " | ".join(extras) + f" | steps to vanilla's final {m_up} |",
         "|---|---|---|---|---|---|" + "---|" * len(extras) + "---|",
-    ]  # fmt: skip
+    ]
     for name, e in ms.items():
         hd, fd = e.get("heldout_diff_vs_vanilla"), e.get(f"{metric}_diff_vs_vanilla")
         lines.append(
@@ -51,30 +52,48 @@ def markdown(summary: dict[str, Any]) -> str:
             + "".join(f"{fmt_g(e.get(f'{x}_mean'), e.get(f'{x}_std'))} | " for x in extras)
             + f"{e.get('steps_to_vanilla_final') or 'not reached'} |"
         )
-    rel = {n: e["heldout_intervals_rel_vs_vanilla"] for n, e in ms.items()
-           if "heldout_intervals_rel_vs_vanilla" in e}  # fmt: skip
+    rel = {
+        n: e["heldout_intervals_rel_vs_vanilla"]
+        for n, e in ms.items()
+        if "heldout_intervals_rel_vs_vanilla" in e
+    }
     if rel:
         ivs = [f"t {l}-{r}" for l, r in summary["heldout_intervals"]]
-        lines += ["", "Held-out loss per timestep interval, relative to vanilla (paired, mean "
-                  "over seeds; negative = lower loss than vanilla):", "",
-                  "| method | " + " | ".join(ivs) + " |", "|---|" + "---|" * len(ivs)]  # fmt: skip
-        lines += [f"| {n} | " + " | ".join(f"{100 * v:+.1f}%" for v in r) + " |"
-                  for n, r in rel.items()]  # fmt: skip
+        lines += [
+            "",
+            "Held-out loss per timestep interval, relative to vanilla (paired, mean "
+            "over seeds; negative = lower loss than vanilla):",
+            "",
+            "| method | " + " | ".join(ivs) + " |",
+            "|---|" + "---|" * len(ivs),
+        ]
+        lines += [
+            f"| {n} | " + " | ".join(f"{100 * v:+.1f}%" for v in r) + " |" for n, r in rel.items()
+        ]
     source = next((e["cost_source"] for n, e in ms.items() if n != "vanilla"), "-")
-    lines += ["", f"Equal total wall-clock (vanilla's {steps} steps; cost per step from {source}; "
-              "fixed costs (a pre-run, an online measurement) in vanilla steps; values read on "
-              f"the convergence curve, {summary.get('curve_num', '')} samples):", "",
-              f"| method | cost x vanilla | fixed cost | steps in vanilla's time | {m_up} | "
-              f"d {m_up} vs vanilla | held-out x1e3 |", "|---" * 7 + "|"]  # fmt: skip
+    lines += [
+        "",
+        f"Equal total wall-clock (vanilla's {steps} steps; cost per step from {source}; "
+        "fixed costs (a pre-run, an online measurement) in vanilla steps; values read on "
+        f"the convergence curve, {summary.get('curve_num', '')} samples):",
+        "",
+        f"| method | cost x vanilla | fixed cost | steps in vanilla's time | {m_up} | "
+        f"d {m_up} vs vanilla | held-out x1e3 |",
+        "|---" * 7 + "|",
+    ]
     for name, e in ms.items():
         if (q := e.get("equal_time")) and f"{metric}_mean" not in q:
-            lines.append(f"| {name} | {e['cost_vs_vanilla']:.2f} | {e['overhead_steps']:g} | 0 "
-                         "| fixed cost exceeds the budget | - | - |")  # fmt: skip
+            lines.append(
+                f"| {name} | {e['cost_vs_vanilla']:.2f} | {e['overhead_steps']:g} | 0 "
+                "| fixed cost exceeds the budget | - | - |"
+            )
         elif q:
             d = fmt(q["diff_mean"], q["diff_std"], dig) if "diff_mean" in q else "-"
-            lines.append(f"| {name} | {e['cost_vs_vanilla']:.2f} | {e['overhead_steps']:g} | "
-                         f"{q['step']} | {fmt(q[f'{metric}_mean'], q[f'{metric}_std'], dig)} | "
-                         f"{d} | {milli(q, 'heldout')} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {e['cost_vs_vanilla']:.2f} | {e['overhead_steps']:g} | "
+                f"{q['step']} | {fmt(q[f'{metric}_mean'], q[f'{metric}_std'], dig)} | "
+                f"{d} | {milli(q, 'heldout')} |"
+            )
     sweeps = {n: e["guidance"] for n, e in ms.items() if "guidance" in e}
     if sweeps:
         gs = list(next(iter(sweeps.values())))

@@ -73,11 +73,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         shares.append(m / total)
         print(f"| {s} | {m:.1f} | {w:.1f} | {total:.1f} | {100 * m / total:.1f}% |")
-    summary = {"seeds": seeds, "fd": {n: [r[s]["fd"] for s in seeds] for n, r in res.items()},
-               "fd_halves": floor, "measure_share": shares, "machine": machine(),
-               "command": f"python benchmarks/demo_seeds.py --seeds {args.seeds}",
-               "runs": {n: {s: {k: r[s][k] for k in ("fd", "precision", "recall", "train_seconds")}
-                            for s in seeds} for n, r in res.items()}}  # fmt: skip
+    summary = {
+        "seeds": seeds,
+        "fd": {n: [r[s]["fd"] for s in seeds] for n, r in res.items()},
+        "fd_halves": floor,
+        "measure_share": shares,
+        "machine": machine(),
+        "command": f"python benchmarks/demo_seeds.py --seeds {args.seeds}",
+        "runs": {
+            n: {
+                s: {k: r[s][k] for k in ("fd", "precision", "recall", "train_seconds")}
+                for s in seeds
+            }
+            for n, r in res.items()
+        },
+    }
     Path(args.out).write_text(json.dumps(summary, indent=1))
     print(f"written to {args.out}")
     return 0

@@ -48,8 +48,15 @@ def main() -> None:
         start = time.perf_counter()
         result = Evaluator(cfg, info, schedule, num=args.num, seed=seed)(model)
         seconds = time.perf_counter() - start
-        rows.append({"seed": seed, "seconds": seconds, "fd": result["fd"],
-                     "fd_halves": result["fd_halves"], "fd_noise": result["fd_noise"]})  # fmt: skip
+        rows.append(
+            {
+                "seed": seed,
+                "seconds": seconds,
+                "fd": result["fd"],
+                "fd_halves": result["fd_halves"],
+                "fd_noise": result["fd_noise"],
+            }
+        )
         print(
             f"seed {seed}: {seconds:6.1f} s  FD {result['fd']:.3f}  "
             f"(floor {result['fd_halves']:.2f}, ceiling {result['fd_noise']:.1f})"

@@ -21,16 +21,26 @@ from antdiff.cli import main
 
 # setting -> (pre-run flags, `antdiff affinity` flags, the matrix it writes for quality.py)
 RECIPES = {
-    "digits": ("--dataset digits --method mean --steps 1500 --batch-size 64 --lr 2e-3 "
-               "--ema-decay 0.995 --checkpoint-every 300 --keep-checkpoints 5 --log-every 300 "
-               "--seed 0", "--checkpoints all", "affinity-digits.npz"),
-    "digits16": ("--dataset digits --resolution 16 --method vanilla --steps 1000 --batch-size 64 "
-                 "--lr 2e-3 --checkpoint-every 1000 --seed 0", "--checkpoints last --sketch-dim "
-                 "4096", "affinity-digits16.npz"),
-    "toy": ("--dataset toy:gaussians8 --model mlp --method mean --steps 1500 --batch-size 1024 "
-            "--lr 1e-3 --holdout 2000 --checkpoint-every 300 --keep-checkpoints 5 --seed 0",
-            "--checkpoints all", "affinity-toy.npz"),
-}  # fmt: skip
+    "digits": (
+        "--dataset digits --method mean --steps 1500 --batch-size 64 --lr 2e-3 "
+        "--ema-decay 0.995 --checkpoint-every 300 --keep-checkpoints 5 --log-every 300 "
+        "--seed 0",
+        "--checkpoints all",
+        "affinity-digits.npz",
+    ),
+    "digits16": (
+        "--dataset digits --resolution 16 --method vanilla --steps 1000 --batch-size 64 "
+        "--lr 2e-3 --checkpoint-every 1000 --seed 0",
+        "--checkpoints last --sketch-dim 4096",
+        "affinity-digits16.npz",
+    ),
+    "toy": (
+        "--dataset toy:gaussians8 --model mlp --method mean --steps 1500 --batch-size 1024 "
+        "--lr 1e-3 --holdout 2000 --checkpoint-every 300 --keep-checkpoints 5 --seed 0",
+        "--checkpoints all",
+        "affinity-toy.npz",
+    ),
+}
 RECIPES["digits-cond"] = RECIPES["digits"]  # the benchmark clusters it with the digits matrix
 METHODS = ("ant-uw-affinity", "ant-nash-affinity", "ant-pcgrad-affinity", "stratified-affinity")
 
@@ -59,12 +69,18 @@ def main_() -> None:
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     per_step = rows[-1]["time"] / steps  # the pre-run's own training clock
     total = steps + aff / per_step
-    out = {"steps": {m: round(total, 1) for m in METHODS}, "note": "pre-run training steps + "
-           "the affinity measurement in vanilla steps of the pre-run",
-           "prerun_steps": steps, "affinity_seconds": round(aff, 1),
-           "prerun_seconds": round(pre, 1), "seconds_per_step": round(per_step, 4),
-           "commands": [f"antdiff train {train} --out {run}",
-                        f"antdiff affinity --run {run} {affinity}"]}  # fmt: skip
+    out = {
+        "steps": {m: round(total, 1) for m in METHODS},
+        "note": "pre-run training steps + the affinity measurement in vanilla steps of the pre-run",
+        "prerun_steps": steps,
+        "affinity_seconds": round(aff, 1),
+        "prerun_seconds": round(pre, 1),
+        "seconds_per_step": round(per_step, 4),
+        "commands": [
+            f"antdiff train {train} --out {run}",
+            f"antdiff affinity --run {run} {affinity}",
+        ],
+    }
     path = Path(args.results) / args.dataset / "overheads.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))

@@ -34,47 +34,100 @@ from bench_tables import markdown, plot
 from step_cost import machine, update_train_costs
 
 SPEC = {"affinity": "affinity:5:{affinity}", "auto": "affinity:5:auto"}
-ANT = {f"ant-{m}-{c}": f"--method {m} --clusters {SPEC.get(c, f'{c}:5')}" for m in ("uw", "pcgrad",
-       "nash") for c in ("timestep", "log-snr", "affinity", "auto")}  # fmt: skip
+ANT = {
+    f"ant-{m}-{c}": f"--method {m} --clusters {SPEC.get(c, f'{c}:5')}"
+    for m in ("uw", "pcgrad", "nash")
+    for c in ("timestep", "log-snr", "affinity", "auto")
+}
 ONE = "--method mean --clusters timestep:1 --timestep-sampling"  # the plain mean over samples
 VARIANTS: dict[str, str] = {  # `antdiff train` flags; stratified-*: no MTL; -wN/-bN: warm-up/bins
-    "vanilla": "--method vanilla", "min-snr": "--method min-snr", "p2": "--method p2", **ANT,
-    "famo-timestep": "--method famo", "famo-same-batch-timestep":
-    """--method famo --method-options '{"same_batch": true}'""",
+    "vanilla": "--method vanilla",
+    "min-snr": "--method min-snr",
+    "p2": "--method p2",
+    **ANT,
+    "famo-timestep": "--method famo",
+    "famo-same-batch-timestep": """--method famo --method-options '{"same_batch": true}'""",
     "ant-uw-p2-timestep": "--method uw --weighting p2",
     "stratified-affinity": "--method mean --clusters affinity:5:{affinity}",
     "stratified-log-snr": "--method mean --clusters log-snr:5",
-    **{f"ant-uw-auto-{k}{v}": f"{ANT['ant-uw-auto']} --affinity-{f} {v}" for k, f, v in [*(("w",
-       "warmup", n) for n in (20, 50, 100, 200, 300)), ("b", "bins", 50)]},
-    "edm2": "--method edm2", "debiased": "--method debiased", "logit-normal":
-    f"{ONE} logit-normal:0,1", "mode": f"{ONE} mode:1.29", "loss-aware": f"{ONE} loss-aware",
-    **{f"ant-uw-auto-{s}": f"{ANT['ant-uw-auto']} --timestep-sampling {s}" for s in ("loss-aware",
-       "logit-normal")},  # combinations: ANT-UW over the intervals, timesteps drawn so
-}  # fmt: skip
-VARIANTS.update({f"flow-{m}": f"--objective flow {VARIANTS[m]}" for m in ("vanilla",  # SD3's t:
-                "logit-normal", "ant-uw-timestep", "ant-uw-log-snr", "ant-uw-auto",
-                "ant-uw-auto-w100", "ant-uw-auto-logit-normal")})  # fmt: skip
+    **{
+        f"ant-uw-auto-{k}{v}": f"{ANT['ant-uw-auto']} --affinity-{f} {v}"
+        for k, f, v in [*(("w", "warmup", n) for n in (20, 50, 100, 200, 300)), ("b", "bins", 50)]
+    },
+    "edm2": "--method edm2",
+    "debiased": "--method debiased",
+    "logit-normal": f"{ONE} logit-normal:0,1",
+    "mode": f"{ONE} mode:1.29",
+    "loss-aware": f"{ONE} loss-aware",
+    **{
+        f"ant-uw-auto-{s}": f"{ANT['ant-uw-auto']} --timestep-sampling {s}"
+        for s in ("loss-aware", "logit-normal")
+    },  # combinations: ANT-UW over the intervals, timesteps drawn so
+}
+VARIANTS.update(
+    {
+        f"flow-{m}": f"--objective flow {VARIANTS[m]}"
+        for m in (
+            "vanilla",  # SD3's t:
+            "logit-normal",
+            "ant-uw-timestep",
+            "ant-uw-log-snr",
+            "ant-uw-auto",
+            "ant-uw-auto-w100",
+            "ant-uw-auto-logit-normal",
+        )
+    }
+)
 DIGITS = "--dataset digits --batch-size 64 --lr 2e-3"
 SETTINGS: dict[str, dict[str, Any]] = {
     "digits": {"flags": DIGITS, "steps": 2000},
-    "digits-cond": {"flags": f"{DIGITS} --conditional", "steps": 2000,
-                    "guidances": [1.0, 1.5, 2.0, 2.5, 3.0], "curve_guidance": 2.0},
+    "digits-cond": {
+        "flags": f"{DIGITS} --conditional",
+        "steps": 2000,
+        "guidances": [1.0, 1.5, 2.0, 2.5, 3.0],
+        "curve_guidance": 2.0,
+    },
     "digits16": {"flags": f"{DIGITS} --resolution 16", "steps": 2000},
-    "toy": {"flags": "--dataset toy:gaussians8 --model mlp --batch-size 1024 --lr 1e-3 "
-                     "--holdout 2000", "steps": 3000},
-    "mnist": {"flags": "--dataset mnist:{mnist} --model unet-small --batch-size 128 --lr 1e-3 "
-                       "--holdout 1000", "steps": 4000},
-}  # fmt: skip
+    "toy": {
+        "flags": "--dataset toy:gaussians8 --model mlp --batch-size 1024 --lr 1e-3 --holdout 2000",
+        "steps": 3000,
+    },
+    "mnist": {
+        "flags": "--dataset mnist:{mnist} --model unet-small --batch-size 128 --lr 1e-3 "
+        "--holdout 1000",
+        "steps": 4000,
+    },
+}
 PRIORITY = "vanilla,min-snr,p2,ant-uw-timestep,ant-nash-timestep,ant-pcgrad-timestep"
 COMMON_PARTITION = "timestep:5"  # the held-out loss is read on these intervals for every run
-DEFAULTS = {"dataset": "digits", "methods": PRIORITY, "seeds": "0,1,2", "steps": None,
-            "curve_every": None, "curve_num": 500, "fd_num": 2000, "sample_steps": 25,
-            "heldout_per_interval": 400, "eval_seed": 1234, "lr": None, "batch_size": None,
-            "results": "benchmarks/results/quality", "out": "runs/bench/quality"}  # fmt: skip
-QUICK = {"methods": "vanilla,min-snr,ant-uw-timestep", "seeds": "0,1", "steps": 300,
-         "curve_every": 100, "curve_num": 200, "fd_num": 500, "sample_steps": 10,
-         "heldout_per_interval": 128, "results": "benchmarks/results/quality-quick",
-         "out": "runs/bench/quality-quick"}  # fmt: skip
+DEFAULTS = {
+    "dataset": "digits",
+    "methods": PRIORITY,
+    "seeds": "0,1,2",
+    "steps": None,
+    "curve_every": None,
+    "curve_num": 500,
+    "fd_num": 2000,
+    "sample_steps": 25,
+    "heldout_per_interval": 400,
+    "eval_seed": 1234,
+    "lr": None,
+    "batch_size": None,
+    "results": "benchmarks/results/quality",
+    "out": "runs/bench/quality",
+}
+QUICK = {
+    "methods": "vanilla,min-snr,ant-uw-timestep",
+    "seeds": "0,1",
+    "steps": 300,
+    "curve_every": 100,
+    "curve_num": 200,
+    "fd_num": 500,
+    "sample_steps": 10,
+    "heldout_per_interval": 128,
+    "results": "benchmarks/results/quality-quick",
+    "out": "runs/bench/quality-quick",
+}
 
 
 def train_flags(args: argparse.Namespace, method: str, seed: int) -> str:
@@ -82,8 +135,11 @@ def train_flags(args: argparse.Namespace, method: str, seed: int) -> str:
     flags = f"{SETTINGS[args.dataset]['flags']} {VARIANTS[method]} --steps {args.steps} --seed "
     if "{affinity}" in flags and not args.affinity:
         raise SystemExit(f"{method} needs --affinity FILE.npz (from `antdiff affinity`)")
-    flags += str(seed) + "".join(f" --{k.replace('_', '-')} {v}" for k in ("lr", "batch_size")
-                                 if (v := getattr(args, k)) is not None)  # fmt: skip
+    flags += str(seed) + "".join(
+        f" --{k.replace('_', '-')} {v}"
+        for k in ("lr", "batch_size")
+        if (v := getattr(args, k)) is not None
+    )
     return flags.replace("{affinity}", str(args.affinity)).replace("{mnist}", str(args.mnist))
 
 
@@ -91,9 +147,18 @@ def evaluator(trainer: Trainer, args: argparse.Namespace, num: int, guidance: fl
     """The benchmark's evaluation of a model of `trainer`'s run, compacted."""
     cfg, noise = trainer.cfg, build.schedule(trainer.cfg)
     common = clustering_from_spec(COMMON_PARTITION, noise).partition
-    ev = Evaluator(cfg, trainer.run.info, noise, num=num, sampler=cfg.sampler,
-                   steps=args.sample_steps, guidance=guidance, seed=args.eval_seed,
-                   partition=common, per_interval=args.heldout_per_interval)  # fmt: skip
+    ev = Evaluator(
+        cfg,
+        trainer.run.info,
+        noise,
+        num=num,
+        sampler=cfg.sampler,
+        steps=args.sample_steps,
+        guidance=guidance,
+        seed=args.eval_seed,
+        partition=common,
+        per_interval=args.heldout_per_interval,
+    )
     return lambda model: compact(ev(model))
 
 
@@ -109,9 +174,11 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
     flags = train_flags(args, method, seed)
     rdir = Path(args.out) / args.dataset / method / f"seed{seed}"
     every = args.curve_every
-    outputs = (f" --out {rdir} --checkpoint-every {every} --keep-checkpoints 1 --log-every "
-               f"{every} --eval-every {every} --eval-num {args.curve_num} --sample-steps "
-               f"{args.sample_steps} --num-samples 16 --device {args.device}")  # fmt: skip
+    outputs = (
+        f" --out {rdir} --checkpoint-every {every} --keep-checkpoints 1 --log-every "
+        f"{every} --eval-every {every} --eval-num {args.curve_num} --sample-steps "
+        f"{args.sample_steps} --num-samples 16 --device {args.device}"
+    )
     cfg = train_config(shlex.split(flags + outputs))
     resume = (rdir / "config.json").is_file()
     if old is not None and not resume:
@@ -122,8 +189,10 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
         trainer.evaluator = evaluator(trainer, args, args.curve_num, curve_guidance)
         trainer.fit()
         with trainer.ema_weights() as model:
-            final = {str(g): evaluator(trainer, args, args.fd_num, g)(model)
-                     for g in setting.get("guidances", [1.0])}  # fmt: skip
+            final = {
+                str(g): evaluator(trainer, args, args.fd_num, g)(model)
+                for g in setting.get("guidances", [1.0])
+            }
     distributed.teardown()
     command = reproduce(args, [method], [seed])
     if old is not None:  # --reevaluate: only the final evaluation is new
@@ -132,21 +201,35 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
         out.write_text(json.dumps(old, indent=1))
         return old
     rows = trainer.run.metrics()
-    curve = [{"step": r["step"], "train_seconds": r["time"], **r["eval"]}
-             for r in rows if "eval" in r]  # fmt: skip
+    curve = [
+        {"step": r["step"], "train_seconds": r["time"], **r["eval"]} for r in rows if "eval" in r
+    ]
     result = {
-        "setting": args.dataset, "method": method, "seed": seed, "steps": cfg.steps,
+        "setting": args.dataset,
+        "method": method,
+        "seed": seed,
+        "steps": cfg.steps,
         "config": {k: v for k, v in cfg.to_dict().items() if k not in ("out", "device")},
-        "partition": trainer.parts.partition.to_dict(), "train_seconds": curve[-1]["train_seconds"],
-        "wall_seconds": round(time.perf_counter() - t_wall, 2), "resumed": resume,
-        "eval": {"seed": args.eval_seed, "fd_num": args.fd_num, "curve_num": args.curve_num,
-                 "sampler": cfg.sampler, "sample_steps": args.sample_steps,
-                 "heldout_partition": COMMON_PARTITION,
-                 "heldout_per_interval": args.heldout_per_interval},
-        "device": str(trainer.dist.device), "final": final, "curve": curve, "command": command,
+        "partition": trainer.parts.partition.to_dict(),
+        "train_seconds": curve[-1]["train_seconds"],
+        "wall_seconds": round(time.perf_counter() - t_wall, 2),
+        "resumed": resume,
+        "eval": {
+            "seed": args.eval_seed,
+            "fd_num": args.fd_num,
+            "curve_num": args.curve_num,
+            "sampler": cfg.sampler,
+            "sample_steps": args.sample_steps,
+            "heldout_partition": COMMON_PARTITION,
+            "heldout_per_interval": args.heldout_per_interval,
+        },
+        "device": str(trainer.dist.device),
+        "final": final,
+        "curve": curve,
+        "command": command,
         "overhead_seconds": auto[0]["measure_seconds"] if (auto := trainer.run.tasks()) else 0.0,
         "train_command": "antdiff train " + flags,
-    }  # fmt: skip
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     primary = final_eval(result, str(curve_guidance))
@@ -156,9 +239,17 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
 
 def reproduce(args: argparse.Namespace, methods: list[str], seeds: list[int]) -> str:
     """The command line that reproduces these runs (flags that change results only)."""
-    parts = ["python", "benchmarks/quality.py", *(["--quick"] if args.quick else []),
-             "--dataset", args.dataset, "--methods", ",".join(methods),
-             "--seeds", ",".join(map(str, seeds))]  # fmt: skip
+    parts = [
+        "python",
+        "benchmarks/quality.py",
+        *(["--quick"] if args.quick else []),
+        "--dataset",
+        args.dataset,
+        "--methods",
+        ",".join(methods),
+        "--seeds",
+        ",".join(map(str, seeds)),
+    ]
     base = {**DEFAULTS, **(QUICK if args.quick else {})}
     for key in list(DEFAULTS)[3:]:  # what changes results, after dataset, methods, seeds
         if getattr(args, key) is not None and getattr(args, key) != base.get(key):
@@ -176,8 +267,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", help=f"comma list or 'all'; from {list(VARIANTS)}")
     for name in ("seeds", "results", "out", "affinity", "plots", "plot_methods", "markdown"):
         p.add_argument(f"--{name.replace('_', '-')}")  # --plots DIR: convergence PNGs
-    for name in ("steps", "curve_every", "curve_num", "fd_num", "sample_steps",
-                 "heldout_per_interval", "eval_seed", "batch_size"):  # fmt: skip
+    for name in (
+        "steps",
+        "curve_every",
+        "curve_num",
+        "fd_num",
+        "sample_steps",
+        "heldout_per_interval",
+        "eval_seed",
+        "batch_size",
+    ):
         p.add_argument(f"--{name.replace('_', '-')}", type=int)
     p.add_argument("--lr", type=float, help="override the setting's learning rate")
     p.add_argument("--mnist", default=os.environ.get("ANTDIFF_MNIST"), help="MNIST IDX folder")
@@ -216,8 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     costs = json.loads(cost_file.read_text())["ms"] if cost_file.is_file() else None
     if not args.summary_only and args.cost_rounds > 0:  # ms/step side by side (auto: after the
         torch.set_num_threads(args.threads)  # switch, whose bounds do not change the cost)
-        argvs = {m: shlex.split(f"{train_flags(args, m, 0)} --device {args.device}".replace(
-            "affinity:5:auto", "timestep:5")) for m in ["vanilla", *methods]}  # fmt: skip
+        argvs = {
+            m: shlex.split(
+                f"{train_flags(args, m, 0)} --device {args.device}".replace(
+                    "affinity:5:auto", "timestep:5"
+                )
+            )
+            for m in ["vanilla", *methods]
+        }
         costs = update_train_costs(cost_file, argvs, args.cost_rounds)
     files = [p for m in VARIANTS for p in sorted(Path(args.results, args.dataset, m).glob("s*"))]
     results = [r for p in files if (r := json.loads(p.read_text()))["steps"] == args.steps]
@@ -226,12 +331,22 @@ def main(argv: list[str] | None = None) -> int:
     guidance = str(SETTINGS[args.dataset].get("curve_guidance", 1.0))
     extra = Path(args.results) / args.dataset / "overheads.json"  # pre-runs, in vanilla steps
     overheads = json.loads(extra.read_text())["steps"] if extra.is_file() else {}
-    summary = summarize(results, guidance=guidance, costs=costs, overheads=overheads,
-                        command=lambda m, s: reproduce(args, [m], s))  # fmt: skip
-    summary.update(machine=machine(), seconds=round(time.perf_counter() - t0, 1),
-                   curve_num=args.curve_num, fd_num=args.fd_num,
-                   command=reproduce(args, methods, seeds), setting=args.dataset,
-                   heldout_intervals=heldout_bounds(results[0]))  # fmt: skip
+    summary = summarize(
+        results,
+        guidance=guidance,
+        costs=costs,
+        overheads=overheads,
+        command=lambda m, s: reproduce(args, [m], s),
+    )
+    summary.update(
+        machine=machine(),
+        seconds=round(time.perf_counter() - t0, 1),
+        curve_num=args.curve_num,
+        fd_num=args.fd_num,
+        command=reproduce(args, methods, seeds),
+        setting=args.dataset,
+        heldout_intervals=heldout_bounds(results[0]),
+    )
     path = Path(args.results) / f"summary-{args.dataset}.json"
     for file in [path, *([Path(args.results) / "summary.json"] if args.quick else [])]:
         file.write_text(json.dumps(summary, indent=1))  # summary.json: the --quick check's file

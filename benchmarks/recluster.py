@@ -69,12 +69,21 @@ class ReclusteringTrainer(Trainer):
     def recluster(self) -> None:
         m = self.meter
         start = time.perf_counter()
-        matrix = affinity_matrix(self.model, m.probe, m.edges, m.setup, sketch_dim=SKETCH_DIM,
-                                 seed=block_seed(self.cfg.seed, self.step))  # fmt: skip
+        matrix = affinity_matrix(
+            self.model,
+            m.probe,
+            m.edges,
+            m.setup,
+            sketch_dim=SKETCH_DIM,
+            seed=block_seed(self.cfg.seed, self.step),
+        )
         chosen = cluster_timesteps("affinity", m.k, self.parts.schedule, matrix.round(4))
         old = self.parts.partition
-        change = {"step": self.step, "seconds": round(time.perf_counter() - start, 3),
-                  "intervals": [list(iv) for iv in chosen.partition.intervals]}  # fmt: skip
+        change = {
+            "step": self.step,
+            "seconds": round(time.perf_counter() - start, 3),
+            "intervals": [list(iv) for iv in chosen.partition.intervals],
+        }
         self.changes.append(change)
         if chosen.partition == old:
             return
@@ -104,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         if out.is_file():
             continue
         torch.set_num_threads(1)
-        flags = (f"{SETTINGS[args.dataset]['flags']} {VARIANTS[base_row]} --steps "
-                 f"{args.steps} --seed {seed} --out runs/bench/recluster/{name}/seed{seed} "
-                 "--log-every 125 --checkpoint-every 1000 --num-samples 16")  # fmt: skip
+        flags = (
+            f"{SETTINGS[args.dataset]['flags']} {VARIANTS[base_row]} --steps "
+            f"{args.steps} --seed {seed} --out runs/bench/recluster/{name}/seed{seed} "
+            "--log-every 125 --checkpoint-every 1000 --num-samples 16"
+        )
         cfg = train_config(shlex.split(flags))
         t0 = time.perf_counter()
         with ReclusteringTrainer.start(cfg) as trainer:
@@ -115,18 +126,30 @@ def main(argv: list[str] | None = None) -> int:
             with trainer.ema_weights() as model:
                 final = {"1.0": evaluator(trainer, bench, bench.fd_num, 1.0)(model)}
         distributed.teardown()
-        result = {"setting": args.dataset, "method": name, "seed": seed, "steps": cfg.steps,
-                  "partition": trainer.parts.partition.to_dict(), "final": final,
-                  "reclusterings": trainer.changes, "train_command": "antdiff train " + flags,
-                  "wall_seconds": round(time.perf_counter() - t0, 1), "curve": [],
-                  "command": f"python benchmarks/recluster.py --dataset {args.dataset} --every "
-                             f"{args.every} --seeds {seed}"}  # fmt: skip
+        result = {
+            "setting": args.dataset,
+            "method": name,
+            "seed": seed,
+            "steps": cfg.steps,
+            "partition": trainer.parts.partition.to_dict(),
+            "final": final,
+            "reclusterings": trainer.changes,
+            "train_command": "antdiff train " + flags,
+            "wall_seconds": round(time.perf_counter() - t0, 1),
+            "curve": [],
+            "command": f"python benchmarks/recluster.py --dataset {args.dataset} --every "
+            f"{args.every} --seeds {seed}",
+        }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
         print(f"{name} seed {seed}: FD {final['1.0']['fd']:.2f}", flush=True)
     ours = [json.loads((root / f"seed{s}.json").read_text())["final"]["1.0"]["fd"] for s in seeds]
-    base = [json.loads((Path(bench.results) / args.dataset / base_row / f"seed{s}.json")
-                       .read_text())["final"]["1.0"]["fd"] for s in seeds]  # fmt: skip
+    base = [
+        json.loads((Path(bench.results) / args.dataset / base_row / f"seed{s}.json").read_text())[
+            "final"
+        ]["1.0"]["fd"]
+        for s in seeds
+    ]
     diff = [a - b for a, b in zip(ours, base, strict=True)]
     sd = statistics.stdev(diff) if len(diff) > 1 else 0.0
     print(

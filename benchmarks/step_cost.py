@@ -61,8 +61,13 @@ def build_unet(name: str) -> UNet2DModel:
 def machine() -> dict[str, Any]:
     """Where a measurement ran."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "platform": platform.platform(), "gpu": gpu}  # fmt: skip
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "gpu": gpu,
+    }
 
 
 def update_train_costs(path: Path, argvs: dict[str, list[str]], rounds: int) -> dict[str, float]:
@@ -211,9 +216,15 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[dict[str, An
             med["nash"] = (med["nash-refresh"] + (NASH_EVERY - 1) * med["nash-cached"]) / NASH_EVERY
             params = sum(p.numel() for p in build_unet(model).parameters())
             for variant in [*VARIANTS, "nash"]:
-                row = {"model": model, "params": params, "batch": batch, "K": k,
-                       "method": variant, "ms_per_step": med[variant],
-                       "ratio_to_vanilla": med[variant] / med["vanilla"]}  # fmt: skip
+                row = {
+                    "model": model,
+                    "params": params,
+                    "batch": batch,
+                    "K": k,
+                    "method": variant,
+                    "ms_per_step": med[variant],
+                    "ratio_to_vanilla": med[variant] / med["vanilla"],
+                }
                 if variant in times:
                     ts = sorted(times[variant])
                     row["ms_p10_p90"] = [ts[len(ts) // 10], ts[(9 * len(ts)) // 10]]
@@ -251,9 +262,15 @@ def main() -> None:
     print(f"device {device}, threads {args.threads}, steps x repeats {args.steps}x{args.repeats}")
     print(f"{'model':8s} {'K':5s} {'method':13s} {'ms/step':>12s}  {'ratio':>6s}  {'peak':>9s}")
     rows = measure(args, device)
-    meta = {"device": str(device), "threads": args.threads, "torch": torch.__version__,
-            "steps": args.steps, "repeats": args.repeats, "quick": args.quick,
-            "load_average": os.getloadavg()}  # fmt: skip
+    meta = {
+        "device": str(device),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "quick": args.quick,
+        "load_average": os.getloadavg(),
+    }
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     print(f"wrote {args.out}")

@@ -53,23 +53,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              mixed_precision=args.mixed_precision)  # fmt: skip
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+    )
     set_seed(args.seed, device_specific=True)  # each process draws its own noise and timesteps
     images = load_folder(args.train_data_dir, args.resolution).x  # [N, C, H, W] in [-1, 1]
-    loader = DataLoader(TensorDataset(images), batch_size=args.train_batch_size, shuffle=True,
-                        drop_last=True)  # fmt: skip
-    model = UNet2DModel(sample_size=args.resolution, in_channels=images.shape[1],
-                        out_channels=images.shape[1], block_out_channels=(32, 64, 64),
-                        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-                        norm_num_groups=8)  # fmt: skip
+    loader = DataLoader(
+        TensorDataset(images), batch_size=args.train_batch_size, shuffle=True, drop_last=True
+    )
+    model = UNet2DModel(
+        sample_size=args.resolution,
+        in_channels=images.shape[1],
+        out_channels=images.shape[1],
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     schedule = NoiseSchedule.from_name("linear", 1000)  # ANT: the same betas as the scheduler
     partition = clustering_from_spec(args.ant_clusters, schedule).partition  # ANT
     method = build_method(args.ant_method, num_tasks=partition.k)  # ANT: not prepared
-    optimizer = torch.optim.AdamW([{"params": model.parameters()}, *method.param_groups()],
-                                  lr=args.learning_rate)  # fmt: skip  # ANT: + the method's group
+    groups = [{"params": model.parameters()}, *method.param_groups()]  # ANT: + the method's group
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     sampler = build_timestep_sampler(args.ant_sampling, partition)  # ANT
     ant = AcceleratedMTL(accelerator, method, sampler)  # ANT

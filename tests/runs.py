@@ -16,8 +16,11 @@ from antdiff import checkpoint
 # No attention in DDP comparisons: a key bias has an exactly zero true gradient (softmax is
 # shift invariant), so Adam turns its float noise into O(lr) steps that no two reduction
 # orders agree on.
-NO_ATTENTION = {"down_block_types": ["DownBlock2D"] * 2, "up_block_types": ["UpBlock2D"] * 2,
-                "add_attention": False}  # fmt: skip
+NO_ATTENTION = {
+    "down_block_types": ["DownBlock2D"] * 2,
+    "up_block_types": ["UpBlock2D"] * 2,
+    "add_attention": False,
+}
 
 
 def final_weights(run: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
@@ -26,9 +29,20 @@ def final_weights(run: Path, name: str = "model.safetensors") -> dict[str, torch
 
 def train_two_processes(argv: list[str], out: Path) -> None:
     """`antdiff train ARGV --out OUT` under torchrun with 2 CPU processes (gloo)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29500 + random.randrange(400)), "-m", "antdiff", "train",
-           *argv, f"--out={out}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(29500 + random.randrange(400)),
+        "-m",
+        "antdiff",
+        "train",
+        *argv,
+        f"--out={out}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -27,14 +27,31 @@ def launch(processes: int) -> list[str]:
     accelerate = Path(sys.executable).with_name("accelerate")
     if processes == 1:
         return [sys.executable]
-    return [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    return [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
 
 
 def run_harness(tmp_path: Path, processes: int, *flags: str) -> dict:
     out = tmp_path / "acc.json"
-    proc = subprocess.run([*launch(processes), str(SCRIPT), str(out), *flags], env=ENV,
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.run(
+        [*launch(processes), str(SCRIPT), str(out), *flags],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert out.exists(), f"rc={proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return json.loads(out.read_text())
 
@@ -87,8 +104,14 @@ def test_example_under_accelerate_launch(tmp_path: Path) -> None:
         str(out),
     ]
     script = ROOT / "examples" / "train_unconditional_accelerate.py"
-    proc = subprocess.run([*launch(2), str(script), *args], env=ENV, capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.run(
+        [*launch(2), str(script), *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "done: 4 steps" in proc.stdout
     assert (out / "checkpoint-2").is_dir() and (out / "checkpoint-4").is_dir()

@@ -29,10 +29,22 @@ T = 100
 def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-D toy run with checkpoints at steps 3 and 6 (T = 100)."""
     out = tmp_path_factory.mktemp("aff") / "run"
-    cfg = {"dataset": "toy:gaussians8", "model": "mlp", "timesteps": T, "steps": 6,
-           "batch_size": 64, "lr": 1e-2, "method": "vanilla", "checkpoint_every": 3,
-           "keep_checkpoints": 5, "num_samples": 8, "sample_steps": 2, "log_every": 3,
-           "model_options": {"hidden": 32, "depth": 2}, "out": str(out)}  # fmt: skip
+    cfg = {
+        "dataset": "toy:gaussians8",
+        "model": "mlp",
+        "timesteps": T,
+        "steps": 6,
+        "batch_size": 64,
+        "lr": 1e-2,
+        "method": "vanilla",
+        "checkpoint_every": 3,
+        "keep_checkpoints": 5,
+        "num_samples": 8,
+        "sample_steps": 2,
+        "log_every": 3,
+        "model_options": {"hidden": 32, "depth": 2},
+        "out": str(out),
+    }
     return train(make_config(cfg)).path
 
 
@@ -135,8 +147,19 @@ def test_rank_correlation_sign() -> None:
 
 def test_outputs_feed_clustering_and_training(toy_run: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "aff"
-    argv = ["affinity", "--run", str(toy_run), "--bins", "10", "--probe", "16",
-            "--checkpoints", "all", "--out", str(out)]  # fmt: skip
+    argv = [
+        "affinity",
+        "--run",
+        str(toy_run),
+        "--bins",
+        "10",
+        "--probe",
+        "16",
+        "--checkpoints",
+        "all",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     assert "Spearman" in capsys.readouterr().out
     for name in ("affinity.npz", "affinity.npy", "affinity.png", "affinity.json", "report.html"):
@@ -149,8 +172,18 @@ def test_outputs_feed_clustering_and_training(toy_run: Path, tmp_path: Path, cap
     schedule = NoiseSchedule.from_name("linear", T)
     part = clustering_from_spec(f"affinity:3:{out / 'affinity.npz'}", schedule).partition
     assert part.k == 3 and part.timesteps == T
-    argv = ["cluster", "--timesteps", str(T), "-k", "3", "--cost", "affinity", "--affinity",
-            str(out / "affinity.npy"), "--json"]  # fmt: skip
+    argv = [
+        "cluster",
+        "--timesteps",
+        str(T),
+        "-k",
+        "3",
+        "--cost",
+        "affinity",
+        "--affinity",
+        str(out / "affinity.npy"),
+        "--json",
+    ]
     assert main(argv) == 0
 
 

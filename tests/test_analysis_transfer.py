@@ -64,10 +64,23 @@ def test_parse_intervals() -> None:
 
 
 def _plan(tmp_path: Path, **over) -> TransferPlan:
-    base = {"dataset": "toy:gaussians8", "model": "mlp", "steps": 4, "batch_size": 32,
-            "lr": 1e-2, "holdout": 200, "model_options": {"hidden": 32, "depth": 2}}  # fmt: skip
-    kw = {"intervals": "timestep:2", "seeds": [0, 1], "out": str(tmp_path / "tr"),
-          "num_samples": 64, "sample_steps": 3, "per_interval": 8}  # fmt: skip
+    base = {
+        "dataset": "toy:gaussians8",
+        "model": "mlp",
+        "steps": 4,
+        "batch_size": 32,
+        "lr": 1e-2,
+        "holdout": 200,
+        "model_options": {"hidden": 32, "depth": 2},
+    }
+    kw = {
+        "intervals": "timestep:2",
+        "seeds": [0, 1],
+        "out": str(tmp_path / "tr"),
+        "num_samples": 64,
+        "sample_steps": 3,
+        "per_interval": 8,
+    }
     return TransferPlan(base, **{**kw, **over})
 
 
@@ -95,9 +108,23 @@ def test_transfer_end_to_end_on_a_toy(tmp_path: Path) -> None:
     result = run_transfer(plan)
     out = Path(plan.out)
     saved = json.loads((out / "transfer.json").read_text())
-    keys = {"settings", "intervals", "seeds", "metric", "generalist_steps", "specialist_steps",
-            "generalist", "mixture", "ntg", "heldout_generalist", "heldout_specialist",
-            "heldout_gap", "heldout_gap_pct", "runs", "time_s"}  # fmt: skip
+    keys = {
+        "settings",
+        "intervals",
+        "seeds",
+        "metric",
+        "generalist_steps",
+        "specialist_steps",
+        "generalist",
+        "mixture",
+        "ntg",
+        "heldout_generalist",
+        "heldout_specialist",
+        "heldout_gap",
+        "heldout_gap_pct",
+        "runs",
+        "time_s",
+    }
     assert keys <= saved.keys() and saved["metric"] == "swd"
     assert saved["intervals"] == [[0, 499], [500, 999]] and saved["seeds"] == [0, 1]
     ntg = np.array(saved["ntg"]["per_seed"])
@@ -123,8 +150,15 @@ def test_transfer_end_to_end_on_a_toy(tmp_path: Path) -> None:
 
 
 def _other_lr(plan: TransferPlan) -> TransferPlan:
-    return TransferPlan({**plan.base, "lr": 0.5}, intervals=plan.intervals, seeds=plan.seeds,
-                        out=plan.out, num_samples=64, sample_steps=3, per_interval=8)  # fmt: skip
+    return TransferPlan(
+        {**plan.base, "lr": 0.5},
+        intervals=plan.intervals,
+        seeds=plan.seeds,
+        out=plan.out,
+        num_samples=64,
+        sample_steps=3,
+        per_interval=8,
+    )
 
 
 @pytest.mark.parametrize(

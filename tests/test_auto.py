@@ -26,9 +26,28 @@ from antdiff.tasks import cluster_timesteps
 from antdiff.train import Trainer
 from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
 
-AUTO = ["--dataset", "digits", "--batch-size", "16", "--num-samples", "4", "--sample-steps", "2",
-        "--clusters", "affinity:5:auto", "--affinity-warmup", "12", "--affinity-bins", "8",
-        "--affinity-probe", "16", "--method", "uw", "--log-every", "3"]  # fmt: skip
+AUTO = [
+    "--dataset",
+    "digits",
+    "--batch-size",
+    "16",
+    "--num-samples",
+    "4",
+    "--sample-steps",
+    "2",
+    "--clusters",
+    "affinity:5:auto",
+    "--affinity-warmup",
+    "12",
+    "--affinity-bins",
+    "8",
+    "--affinity-probe",
+    "16",
+    "--method",
+    "uw",
+    "--log-every",
+    "3",
+]
 # The CLI with each affinity measurement announced in a file and slowed down, so that a test can
 # kill the process inside one (argv[1]: the file; argv[2:]: the train flags).
 SLOW_MEASURE = """
@@ -122,8 +141,9 @@ def test_resume_is_exact_across_the_switch(whole: Path, tmp_path: Path, when: st
         delay = random.uniform(0, 0.5)
         ready = lambda m: (  # noqa: E731
             (p := checkpoint.latest(cut, missing_ok=True)) is not None
-            and checkpoint.step_of(p) >= 15 and time.sleep(delay) is None
-        )  # fmt: skip
+            and checkpoint.step_of(p) >= 15
+            and time.sleep(delay) is None
+        )
     _kill_at(cut, argv, ready, tmp_path)
     assert main(["train", "--resume", "--out", str(cut)]) == 0
     for name in ("model.safetensors", "ema.safetensors"):
@@ -136,8 +156,16 @@ def test_resume_is_exact_across_the_switch(whole: Path, tmp_path: Path, when: st
 
 
 def test_two_processes_equal_one_the_measurement_included(tmp_path: Path) -> None:
-    argv = [*AUTO, "--steps", "18", "--checkpoint-every", "18", "--batch-size", "15",
-            f"--model-options={json.dumps(NO_ATTENTION)}"]  # fmt: skip
+    argv = [
+        *AUTO,
+        "--steps",
+        "18",
+        "--checkpoint-every",
+        "18",
+        "--batch-size",
+        "15",
+        f"--model-options={json.dumps(NO_ATTENTION)}",
+    ]
     assert main(["train", *argv, "--out", str(tmp_path / "one")]) == 0
     train_two_processes(argv, tmp_path / "two")
     one, two = (json.loads((tmp_path / r / "tasks.json").read_text()) for r in ("one", "two"))

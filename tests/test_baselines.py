@@ -63,8 +63,10 @@ def histogram(spec: str, n: int = 200_000, seed: int = 0) -> tuple[np.ndarray, n
     return np.bincount(t.numpy(), minlength=T) / n, sampler.density()
 
 
-@pytest.mark.parametrize("spec", ["logit-normal:0,1", "logit-normal:0.5,0.8", "mode:1.29",
-                                  "mode:0", "stratified", "uniform"])  # fmt: skip
+@pytest.mark.parametrize(
+    "spec",
+    ["logit-normal:0,1", "logit-normal:0.5,0.8", "mode:1.29", "mode:0", "stratified", "uniform"],
+)
 def test_density_matches_the_draws(spec: str) -> None:
     hist, density = histogram(spec)
     bins = lambda p: p.reshape(20, -1).sum(1)  # noqa: E731
@@ -104,7 +106,8 @@ def test_loss_aware_is_uniform_until_full_then_unbiased() -> None:
     one.load_state_dict(s.state_dict())
     torch.testing.assert_close(one.importance(draws), (1 / (T * p[draws])).float())
     assert float((one.importance(draws).double() * loss[draws]).mean()) == pytest.approx(
-        float(loss.mean()), rel=0.01)  # fmt: skip
+        float(loss.mean()), rel=0.01
+    )
     state = s.state_dict()
     other = LossAwareSampler(PART, history=2)
     other.load_state_dict(state)
@@ -112,22 +115,62 @@ def test_loss_aware_is_uniform_until_full_then_unbiased() -> None:
 
 
 # ----------------------------------------------------------------------------- training
-FAST = ["--dataset", "digits", "--batch-size", "16", "--num-samples", "4", "--sample-steps", "2",
-        "--log-every", "5"]  # fmt: skip
-TOY = ["--dataset", "toy:gaussians8", "--model", "mlp", "--batch-size", "64", "--num-samples", "8",
-       "--sample-steps", "4", "--log-every", "5"]  # fmt: skip
+FAST = [
+    "--dataset",
+    "digits",
+    "--batch-size",
+    "16",
+    "--num-samples",
+    "4",
+    "--sample-steps",
+    "2",
+    "--log-every",
+    "5",
+]
+TOY = [
+    "--dataset",
+    "toy:gaussians8",
+    "--model",
+    "mlp",
+    "--batch-size",
+    "64",
+    "--num-samples",
+    "8",
+    "--sample-steps",
+    "4",
+    "--log-every",
+    "5",
+]
 BASELINES = {
     "edm2": ["--method", "edm2"],
-    "logit-normal": ["--method", "mean", "--clusters", "timestep:1", "--timestep-sampling",
-                     "logit-normal:0,1"],
+    "logit-normal": [
+        "--method",
+        "mean",
+        "--clusters",
+        "timestep:1",
+        "--timestep-sampling",
+        "logit-normal:0,1",
+    ],
     "mode": ["--method", "mean", "--clusters", "timestep:1", "--timestep-sampling", "mode:1.29"],
-    "loss-aware": ["--method", "mean", "--clusters", "timestep:1", "--timestep-sampling",
-                   "loss-aware:1"],
+    "loss-aware": [
+        "--method",
+        "mean",
+        "--clusters",
+        "timestep:1",
+        "--timestep-sampling",
+        "loss-aware:1",
+    ],
     "debiased": ["--method", "debiased"],
     "sample": ["--method", "vanilla", "--prediction", "sample"],
-    "uw-loss-aware-edm2": ["--method", "uw", "--timestep-sampling", "loss-aware:1", "--weighting",
-                           "edm2"],
-}  # fmt: skip
+    "uw-loss-aware-edm2": [
+        "--method",
+        "uw",
+        "--timestep-sampling",
+        "loss-aware:1",
+        "--weighting",
+        "edm2",
+    ],
+}
 
 
 @pytest.mark.parametrize("name", list(BASELINES))
@@ -162,15 +205,27 @@ def test_resume_is_exact_with_the_baselines_state(tmp_path: Path, name: str) -> 
 def test_two_processes_equal_one(tmp_path: Path) -> None:
     """EDM2's u gradients are averaged over ranks (its network is outside DDP); the loss-aware
     history is fed the global batch's losses on every rank."""
-    argv = [*FAST, *BASELINES["uw-loss-aware-edm2"], "--steps", "8", "--checkpoint-every", "8",
-            "--batch-size", "15", f"--model-options={json.dumps(NO_ATTENTION)}"]  # fmt: skip
+    argv = [
+        *FAST,
+        *BASELINES["uw-loss-aware-edm2"],
+        "--steps",
+        "8",
+        "--checkpoint-every",
+        "8",
+        "--batch-size",
+        "15",
+        f"--model-options={json.dumps(NO_ATTENTION)}",
+    ]
     assert main(["train", *argv, "--out", str(tmp_path / "one")]) == 0
     train_two_processes(argv, tmp_path / "two")
     assert_same_weights(tmp_path / "one", tmp_path / "two")
-    sa, sb = (torch.load(checkpoint.latest(tmp_path / r) / "state.pt", weights_only=True)
-              for r in ("one", "two"))  # fmt: skip
-    torch.testing.assert_close(sa["weighting"]["linear.weight"], sb["weighting"]["linear.weight"],
-                               rtol=1e-4, atol=1e-7)  # fmt: skip
+    sa, sb = (
+        torch.load(checkpoint.latest(tmp_path / r) / "state.pt", weights_only=True)
+        for r in ("one", "two")
+    )
+    torch.testing.assert_close(
+        sa["weighting"]["linear.weight"], sb["weighting"]["linear.weight"], rtol=1e-4, atol=1e-7
+    )
     torch.testing.assert_close(
         sa["sampler"]["losses"], sb["sampler"]["losses"], rtol=1e-4, atol=1e-8
     )

@@ -30,13 +30,26 @@ def bench():
 def fake_run(method: str, seed: int, fd: dict[str, float], curve: list[float], secs: float):
     """A result JSON as quality.run_one writes it (only the fields the summary reads)."""
     steps = 100 * (len(curve) - 1)
-    final = {g: {"fd": v, "heldout": 0.08 + v / 1000, "heldout_intervals": [v, 2 * v]}
-             for g, v in fd.items()}  # fmt: skip
-    points = [{"step": 100 * i, "train_seconds": secs * i / (len(curve) - 1), "fd": v,
-               "heldout": v / 100} for i, v in enumerate(curve)]  # fmt: skip
-    return {"setting": "digits-cond", "method": method, "seed": seed, "steps": steps,
-            "train_seconds": secs, "wall_seconds": 2 * secs, "final": final, "curve": points,
-            "eval": {}, "config": {"timesteps": 1000}}  # fmt: skip
+    final = {
+        g: {"fd": v, "heldout": 0.08 + v / 1000, "heldout_intervals": [v, 2 * v]}
+        for g, v in fd.items()
+    }
+    points = [
+        {"step": 100 * i, "train_seconds": secs * i / (len(curve) - 1), "fd": v, "heldout": v / 100}
+        for i, v in enumerate(curve)
+    ]
+    return {
+        "setting": "digits-cond",
+        "method": method,
+        "seed": seed,
+        "steps": steps,
+        "train_seconds": secs,
+        "wall_seconds": 2 * secs,
+        "final": final,
+        "curve": points,
+        "eval": {},
+        "config": {"timesteps": 1000},
+    }
 
 
 def test_summary_pairs_seeds_and_reads_the_curves(bench) -> None:
@@ -45,10 +58,20 @@ def test_summary_pairs_seeds_and_reads_the_curves(bench) -> None:
     ant = {0: (17.0, 20.0), 1: (23.0, 22.0), 2: (14.0, 20.5)}
     results = []
     for s in range(3):
-        results.append(fake_run("vanilla", s, {"1.5": van[s][0], "2.0": van[s][1]},
-                                [90, 40, 30, 22], secs=10.0))  # fmt: skip
-        results.append(fake_run("ant-uw-affinity", s, {"1.5": ant[s][0], "2.0": ant[s][1]},
-                                [80, 30, 20, 18], secs=20.0))  # fmt: skip
+        results.append(
+            fake_run(
+                "vanilla", s, {"1.5": van[s][0], "2.0": van[s][1]}, [90, 40, 30, 22], secs=10.0
+            )
+        )
+        results.append(
+            fake_run(
+                "ant-uw-affinity",
+                s,
+                {"1.5": ant[s][0], "2.0": ant[s][1]},
+                [80, 30, 20, 18],
+                secs=20.0,
+            )
+        )
     summary = stats.summarize(results, guidance="2.0")
     e = summary["methods"]["ant-uw-affinity"]
     for i, g in enumerate(("1.5", "2.0")):
@@ -88,10 +111,13 @@ def test_every_row_is_an_antdiff_train_command(bench, tmp_path: Path) -> None:
     quality = bench["quality"]
     (tmp_path / "a.npz").write_bytes(b"")
     args = quality.parse_args(["--methods", "all", "--affinity", str(tmp_path / "a.npz")])
-    want = {"vanilla": ("mean", "uniform", "constant"), "min-snr": ("mean", "uniform", "min-snr"),
-            "stratified-affinity": ("mean", "stratified", "constant"),
-            "ant-uw-p2-timestep": ("uw", "stratified", "p2"),
-            "ant-nash-log-snr": ("nash", "stratified", "constant")}  # fmt: skip
+    want = {
+        "vanilla": ("mean", "uniform", "constant"),
+        "min-snr": ("mean", "uniform", "min-snr"),
+        "stratified-affinity": ("mean", "stratified", "constant"),
+        "ant-uw-p2-timestep": ("uw", "stratified", "p2"),
+        "ant-nash-log-snr": ("nash", "stratified", "constant"),
+    }
     for method in quality.VARIANTS:
         cfg = train_config(shlex.split(quality.train_flags(args, method, 3)))
         assert cfg.seed == 3 and cfg.steps == args.steps and cfg.dataset == "digits"
@@ -105,9 +131,22 @@ def test_every_row_is_an_antdiff_train_command(bench, tmp_path: Path) -> None:
 
 def test_the_printed_command_reproduces_the_arguments(bench) -> None:
     quality = bench["quality"]
-    argv = ["--dataset", "digits", "--methods", "vanilla,ant-uw-affinity", "--seeds", "0,2",
-            "--steps", "700", "--curve-num", "300", "--lr", "0.001",
-            "--affinity", "aff.npz"]  # fmt: skip
+    argv = [
+        "--dataset",
+        "digits",
+        "--methods",
+        "vanilla,ant-uw-affinity",
+        "--seeds",
+        "0,2",
+        "--steps",
+        "700",
+        "--curve-num",
+        "300",
+        "--lr",
+        "0.001",
+        "--affinity",
+        "aff.npz",
+    ]
     args = quality.parse_args(argv)
     line = quality.reproduce(args, ["ant-uw-affinity"], [2])
     again = quality.parse_args(shlex.split(line)[2:])
@@ -125,10 +164,17 @@ def test_unknown_method_is_a_usage_error(bench, capsys) -> None:
 
 def test_flow_rows_pair_with_flow_vanilla_and_fixed_costs_can_exceed_the_budget(bench) -> None:
     stats, tables = bench["bench_stats"], bench["bench_tables"]
-    final = [("vanilla", 20.0), ("flow-vanilla", 10.0), ("flow-ant-uw-auto", 8.0),
-             ("ant-uw-affinity", 9.0)]  # fmt: skip
-    results = [fake_run(m, s, {"1.0": fd + s}, [90, 40, 30, fd], secs=10.0)
-               for s in range(2) for m, fd in final]  # fmt: skip
+    final = [
+        ("vanilla", 20.0),
+        ("flow-vanilla", 10.0),
+        ("flow-ant-uw-auto", 8.0),
+        ("ant-uw-affinity", 9.0),
+    ]
+    results = [
+        fake_run(m, s, {"1.0": fd + s}, [90, 40, 30, fd], secs=10.0)
+        for s in range(2)
+        for m, fd in final
+    ]
     summary = stats.summarize(results, overheads={"ant-uw-affinity": 400.0})
     summary["heldout_intervals"] = stats.heldout_bounds(results[0])
     flow = summary["methods"]["flow-ant-uw-auto"]

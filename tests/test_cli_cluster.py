@@ -30,8 +30,18 @@ def test_cluster_table_and_plot(tmp_path, capsys) -> None:
 def test_cluster_with_affinity_file(tmp_path, capsys) -> None:
     A = np.eye(20) + 0.5 * (np.abs(np.subtract.outer(range(20), range(20))) < 4)
     np.save(tmp_path / "a.npy", A)
-    argv = ["cluster", "--timesteps", "100", "-k", "3", "--cost", "affinity", "--affinity",
-            str(tmp_path / "a.npy"), "--json"]  # fmt: skip
+    argv = [
+        "cluster",
+        "--timesteps",
+        "100",
+        "-k",
+        "3",
+        "--cost",
+        "affinity",
+        "--affinity",
+        str(tmp_path / "a.npy"),
+        "--json",
+    ]
     assert main(argv) == 0
     assert len(json.loads(capsys.readouterr().out)["intervals"]) == 3
 
@@ -67,8 +77,15 @@ def test_bad_flags_exit_2(argv, capsys) -> None:
 
 def test_bad_affinity_files_exit_2(tmp_path, capsys) -> None:
     for name in _bad_affinity_files(tmp_path):
-        argv = ["cluster", "--timesteps", "10", "--cost", "affinity", "--affinity",
-                str(tmp_path / name)]  # fmt: skip
+        argv = [
+            "cluster",
+            "--timesteps",
+            "10",
+            "--cost",
+            "affinity",
+            "--affinity",
+            str(tmp_path / name),
+        ]
         assert main(argv) == 2, name
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
 

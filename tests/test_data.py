@@ -112,8 +112,11 @@ def _png(path: Path, size: tuple[int, int], mode: str = "L", value: int = 128) -
 def test_folder_subfolders_give_labels(tmp_path: Path) -> None:
     for cls, v in (("cat", 0), ("dog", 255)):
         for i in range(3):
-            _png(tmp_path / cls / "sub" / f"{i}.png" if i == 2 else tmp_path / cls / f"{i}.png",
-                 (6, 6), value=v)  # fmt: skip
+            _png(
+                tmp_path / cls / "sub" / f"{i}.png" if i == 2 else tmp_path / cls / f"{i}.png",
+                (6, 6),
+                value=v,
+            )
     d = load_dataset(f"folder:{tmp_path}")
     assert d.x.shape == (6, 1, 6, 6) and d.kind == "image"
     assert d.num_classes == 2 and d.meta["class_names"] == ["cat", "dog"]
@@ -211,8 +214,11 @@ def test_mnist_dir(tmp_path: Path, naming: str, gz: bool) -> None:
     labels = np.array([3, 1, 4, 1, 5, 9], np.uint8)
     suffix = ".gz" if gz else ""
     write_idx(tmp_path / (naming + suffix), imgs, compress=gz)
-    write_idx(tmp_path / (naming.replace("images", "labels").replace("3", "1") + suffix),
-              labels, compress=gz)  # fmt: skip
+    write_idx(
+        tmp_path / (naming.replace("images", "labels").replace("3", "1") + suffix),
+        labels,
+        compress=gz,
+    )
     d = load_dataset(f"mnist:{tmp_path}")
     assert d.x.shape == (6, 1, 28, 28) and d.num_classes == 10
     assert d.labels.tolist() == labels.tolist()

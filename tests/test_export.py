@@ -41,10 +41,22 @@ def test_unconditional_unet_is_a_ddpm_pipeline(schedule: NoiseSchedule, tmp_path
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([10, 900])
     with torch.no_grad():
         torch.testing.assert_close(pipe.unet(x, t).sample, model(x, t))
-    images = pipe(batch_size=2, num_inference_steps=2, output_type="np",
-                  generator=torch.Generator().manual_seed(0)).images  # fmt: skip
-    ours = generate(model, schedule, 2, (1, 8, 8), sampler="ddpm", steps=2, clip_sample=True,
-                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+    images = pipe(
+        batch_size=2,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    ours = generate(
+        model,
+        schedule,
+        2,
+        (1, 8, 8),
+        sampler="ddpm",
+        steps=2,
+        clip_sample=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     ours = (ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(images, ours, atol=1e-5)
     assert not np.allclose(images[0], images[1])
@@ -64,8 +76,9 @@ def _two_step_loop(net: nn.Module, scheduler: DDPMScheduler, y: torch.Tensor | N
     return x
 
 
-@pytest.mark.parametrize(("name", "cls"), [("unet-tiny", UNet2DModel),
-                                           ("dit-tiny", DiTTransformer2DModel)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "cls"), [("unet-tiny", UNet2DModel), ("dit-tiny", DiTTransformer2DModel)]
+)
 def test_conditional_export_round_trip(
     schedule: NoiseSchedule, tmp_path: Path, name: str, cls: type
 ) -> None:
@@ -78,8 +91,17 @@ def test_conditional_export_round_trip(
     assert scheduler.config.prediction_type == "v_prediction"
     y = torch.tensor([3, 10])  # a class and the null label
     dit = cls is DiTTransformer2DModel
-    ours = generate(model, schedule, 2, (1, 8, 8), sampler="ddpm", steps=2, labels=y,
-                    prediction="v", generator=torch.Generator().manual_seed(0))  # fmt: skip
+    ours = generate(
+        model,
+        schedule,
+        2,
+        (1, 8, 8),
+        sampler="ddpm",
+        steps=2,
+        labels=y,
+        prediction="v",
+        generator=torch.Generator().manual_seed(0),
+    )
     torch.testing.assert_close(_two_step_loop(net, scheduler, y, dit), ours)
     loaded, _, _ = load_exported(out)
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([5, 700])
@@ -120,8 +142,9 @@ def test_latent_model_export_carries_its_vae(schedule: NoiseSchedule, tmp_path: 
     )
     vae.save_pretrained(tmp_path / "vae")
     model = build_model("unet-tiny", channels=4, size=8)
-    out = export_pipeline(model, schedule, tmp_path / "exp", clip_sample=False,
-                          vae=str(tmp_path / "vae"))  # fmt: skip
+    out = export_pipeline(
+        model, schedule, tmp_path / "exp", clip_sample=False, vae=str(tmp_path / "vae")
+    )
     info = json.loads((out / "antdiff.json").read_text())
     assert info["vae"] == "vae" and info["subfolder"] == "unet" and info["pipeline"] is None
     loaded = AutoencoderKL.from_pretrained(out / "vae")

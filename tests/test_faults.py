@@ -20,11 +20,36 @@ from antdiff import build, checkpoint
 from antdiff.cli import main
 from antdiff.rundir import RunDir
 
-TOY = ["--dataset", "toy:gaussians8", "--model", "mlp", "--model-options",
-       '{"hidden": 32, "depth": 2}', "--batch-size", "64", "--num-samples", "8",
-       "--sample-steps", "4", "--timesteps", "100", "--method", "uw"]  # fmt: skip
-DIGITS = ["--dataset", "digits", "--batch-size", "16", "--num-samples", "4", "--sample-steps",
-          "2", "--method", "vanilla"]  # fmt: skip
+TOY = [
+    "--dataset",
+    "toy:gaussians8",
+    "--model",
+    "mlp",
+    "--model-options",
+    '{"hidden": 32, "depth": 2}',
+    "--batch-size",
+    "64",
+    "--num-samples",
+    "8",
+    "--sample-steps",
+    "4",
+    "--timesteps",
+    "100",
+    "--method",
+    "uw",
+]
+DIGITS = [
+    "--dataset",
+    "digits",
+    "--batch-size",
+    "16",
+    "--num-samples",
+    "4",
+    "--sample-steps",
+    "2",
+    "--method",
+    "vanilla",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # The CLI with checkpoint writes slowed down, so that a signal can land inside one.
 SLOW_WRITES = """
@@ -52,8 +77,13 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 def start(argv: list[str], slow: bool = False) -> subprocess.Popen:
     cmd = [sys.executable, "-c", SLOW_WRITES] if slow else [sys.executable, "-m", "antdiff"]
-    return subprocess.Popen([*cmd, "train", *argv], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [*cmd, "train", *argv],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
@@ -136,8 +166,19 @@ def test_a_second_process_is_refused_until_the_first_is_gone(tmp_path: Path, cap
 
 def test_a_diverging_run_keeps_its_last_finite_checkpoint(tmp_path: Path, capsys) -> None:
     run = tmp_path / "r"
-    argv = [*DIGITS, "--steps", "150", "--lr", "1.5", "--checkpoint-every", "5",
-            "--keep-checkpoints", "1", "--out", str(run)]  # fmt: skip
+    argv = [
+        *DIGITS,
+        "--steps",
+        "150",
+        "--lr",
+        "1.5",
+        "--checkpoint-every",
+        "5",
+        "--keep-checkpoints",
+        "1",
+        "--out",
+        str(run),
+    ]
     assert main(["train", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "not finite" in err and "the last good checkpoint is" in err
@@ -152,8 +193,22 @@ def test_a_diverging_run_keeps_its_last_finite_checkpoint(tmp_path: Path, capsys
 
     with torch.no_grad():
         assert torch.isfinite(per_sample_loss(model, x, t, torch.randn_like(x), alphas)).all()
-    assert main(["sample", "--run", str(run), "--num", "4", "--steps", "2",
-                 "--out", str(tmp_path / "s.npz")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--num",
+                "4",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "s.npz"),
+            ]
+        )
+        == 0
+    )
     steps = str(ckpt.step + 5)
     assert main(["train", "--resume", "--out", str(run), "--lr", "1e-3", "--steps", steps]) == 0
     assert json.loads((run / "config.json").read_text())["lr"] == 1e-3
@@ -183,8 +238,12 @@ def small_disk(tmp_path: Path):
     """A 12 MiB tmpfs where the machine allows mounting one (as CI here does), else None."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)],
-                        capture_output=True).returncode == 0  # fmt: skip
+    ok = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        == 0
+    )
     yield mnt if ok else None
     if ok:
         assert subprocess.run(["umount", str(mnt)]).returncode == 0  # nothing left open there

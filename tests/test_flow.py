@@ -24,8 +24,15 @@ from antdiff.tasks import cluster_timesteps
 from antdiff.tasks.clustering import median_cost
 from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
 
-FAST = {"dataset": "digits", "objective": "flow", "batch_size": 16, "num_samples": 4,
-        "sample_steps": 2, "log_every": 5, "checkpoint_every": 10}  # fmt: skip
+FAST = {
+    "dataset": "digits",
+    "objective": "flow",
+    "batch_size": 16,
+    "num_samples": 4,
+    "sample_steps": 2,
+    "log_every": 5,
+    "checkpoint_every": 10,
+}
 
 
 def test_path_target_and_conditioning_follow_the_formulas() -> None:
@@ -155,8 +162,14 @@ def test_flow_defaults() -> None:
 
 
 def test_flow_run_trains_evaluates_exports_and_samples_from_the_export(tmp_path: Path) -> None:
-    over = {"steps": 10, "method": "uw", "clusters": "log-snr:3", "weighting": "cosmap",
-            "flow_shift": 2.0, "out": str(tmp_path / "run")}  # fmt: skip
+    over = {
+        "steps": 10,
+        "method": "uw",
+        "clusters": "log-snr:3",
+        "weighting": "cosmap",
+        "flow_shift": 2.0,
+        "out": str(tmp_path / "run"),
+    }
     cfg = make_config({**FAST, **over})
     run = train(cfg)
     assert main(["evaluate", "--run", str(run.path), "--num", "130", "--steps", "4"]) == 0
@@ -173,16 +186,30 @@ def test_flow_run_trains_evaluates_exports_and_samples_from_the_export(tmp_path:
     from antdiff.rundir import RunDir
 
     opened = RunDir.open(run.path)
-    direct = generate(build.trained_model(opened), build.schedule(opened.cfg), 3, (1, 8, 8),
-                      steps=4, generator=torch.Generator().manual_seed(5), prediction="velocity",
-                      clip_sample=True)  # fmt: skip
+    direct = generate(
+        build.trained_model(opened),
+        build.schedule(opened.cfg),
+        3,
+        (1, 8, 8),
+        steps=4,
+        generator=torch.Generator().manual_seed(5),
+        prediction="velocity",
+        clip_sample=True,
+    )
     torch.testing.assert_close(x, direct)
     assert main(["sample", "--run", str(out), "--num", "2", "--out", str(tmp_path / "s.png")]) == 0
 
 
 def test_flow_resume_is_exact(tmp_path: Path) -> None:
-    over = {"method": "uw", "clusters": "affinity:3:auto", "affinity_warmup": 4, "steps": 12,
-            "affinity_bins": 6, "affinity_probe": 8, "checkpoint_every": 3}  # fmt: skip
+    over = {
+        "method": "uw",
+        "clusters": "affinity:3:auto",
+        "affinity_warmup": 4,
+        "steps": 12,
+        "affinity_bins": 6,
+        "affinity_probe": 8,
+        "checkpoint_every": 3,
+    }
     whole = train(make_config({**FAST, **over, "out": str(tmp_path / "whole")})).path
     cut = tmp_path / "cut"
     train(make_config({**FAST, **over, "steps": 6, "out": str(cut)}))
@@ -192,11 +219,23 @@ def test_flow_resume_is_exact(tmp_path: Path) -> None:
 
 
 def test_flow_ddp_two_processes_equal_one(tmp_path: Path) -> None:
-    flags = {**FAST, "method": "uw", "clusters": "affinity:3:auto", "affinity_warmup": 3,
-             "affinity_bins": 6, "affinity_probe": 8, "steps": 6, "batch_size": 15,
-             "checkpoint_every": 6, "num_samples": 2, "model_options": NO_ATTENTION}  # fmt: skip
-    argv = [f"--{k.replace('_', '-')}={json.dumps(v) if isinstance(v, dict) else v}"
-            for k, v in flags.items()]  # fmt: skip
+    flags = {
+        **FAST,
+        "method": "uw",
+        "clusters": "affinity:3:auto",
+        "affinity_warmup": 3,
+        "affinity_bins": 6,
+        "affinity_probe": 8,
+        "steps": 6,
+        "batch_size": 15,
+        "checkpoint_every": 6,
+        "num_samples": 2,
+        "model_options": NO_ATTENTION,
+    }
+    argv = [
+        f"--{k.replace('_', '-')}={json.dumps(v) if isinstance(v, dict) else v}"
+        for k, v in flags.items()
+    ]
     one = train(make_config({**flags, "out": str(tmp_path / "one")})).path
     train_two_processes(argv, tmp_path / "two")
     assert_same_weights(one, tmp_path / "two")
@@ -204,17 +243,31 @@ def test_flow_ddp_two_processes_equal_one(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("method", "clusters"),
-    [("vanilla", None), ("min-snr", None), ("p2", None), ("edm2", None), ("mean", "timestep:3"),
-     ("uw", "snr:3"), ("pcgrad", "timestep:3"), ("nash", "log-snr:3"), ("famo", "timestep:3"),
-     ("torchjd:UPGrad", "log-snr:3")],
-)  # fmt: skip
+    [
+        ("vanilla", None),
+        ("min-snr", None),
+        ("p2", None),
+        ("edm2", None),
+        ("mean", "timestep:3"),
+        ("uw", "snr:3"),
+        ("pcgrad", "timestep:3"),
+        ("nash", "log-snr:3"),
+        ("famo", "timestep:3"),
+        ("torchjd:UPGrad", "log-snr:3"),
+    ],
+)
 def test_every_method_and_clustering_trains_on_flow(tmp_path: Path, method: str, clusters) -> None:
     """The MTL methods and weightings are objective-agnostic: each trains on the flow loss,
     its task losses finite, over intervals of the flow path's t bins."""
     if method.startswith("torchjd"):
         pytest.importorskip("torchjd")
-    over = {"steps": 3, "method": method, "num_samples": 1, "log_every": 1,
-            "out": str(tmp_path / "run")}  # fmt: skip
+    over = {
+        "steps": 3,
+        "method": method,
+        "num_samples": 1,
+        "log_every": 1,
+        "out": str(tmp_path / "run"),
+    }
     if clusters:
         over["clusters"] = clusters
     run = train(make_config({**FAST, **over}))

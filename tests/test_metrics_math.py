@@ -226,8 +226,14 @@ def test_heldout_labels_follow_their_images_and_change_no_draw() -> None:
     assert torch.equal(tr.noise, plain.noise)
     rows = [int((images == x).all(dim=1).nonzero()) for x in tr.x0]  # each triple's image
     assert tr.y.tolist() == labels[rows].tolist()
-    out = heldout_loss(lambda x0, t, noise, y: y.double(), images, INTERVALS, labels=labels,
-                       n_per_interval=25, seed=3)  # fmt: skip
+    out = heldout_loss(
+        lambda x0, t, noise, y: y.double(),
+        images,
+        INTERVALS,
+        labels=labels,
+        n_per_interval=25,
+        seed=3,
+    )
     assert out["mean"] == pytest.approx(float(tr.y.double().mean()))
     with pytest.raises(AntError, match="labels must be"):
         draw_heldout_triples(images, INTERVALS, labels=labels[:5])

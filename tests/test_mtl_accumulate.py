@@ -13,8 +13,14 @@ from antdiff.errors import AntError
 from antdiff.mtl import Accumulation, build_method, mtl_backward
 
 K = 3
-METHODS = {"mean": {}, "uw": {}, "famo": {}, "pcgrad": {"seed": 3}, "nash": {"update_every": 2},
-           "torchjd:upgrad": {}}  # fmt: skip
+METHODS = {
+    "mean": {},
+    "uw": {},
+    "famo": {},
+    "pcgrad": {"seed": 3},
+    "nash": {"update_every": 2},
+    "torchjd:upgrad": {},
+}
 GEN = torch.Generator().manual_seed(0)
 X, Y = torch.randn(12, 4, generator=GEN), torch.randn(12, 2, generator=GEN)
 IDS = torch.tensor([2, 0, 1, 0, 2, 2, 1, 0, 0, 1, 0, 1])
@@ -54,8 +60,10 @@ def test_micro_batches_equal_one_step_on_the_whole_batch(name: str, splits: tupl
         info = acc.step()
         torch.testing.assert_close(info.task_losses, ref.task_losses, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(info.task_weights, ref.task_weights, rtol=1e-5, atol=1e-7)
-        for p, q in [*zip(whole.parameters(), parts.parameters(), strict=True),
-                     *zip(one.parameters(), many.parameters(), strict=True)]:  # fmt: skip
+        for p, q in [
+            *zip(whole.parameters(), parts.parameters(), strict=True),
+            *zip(one.parameters(), many.parameters(), strict=True),
+        ]:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7)
         with torch.no_grad():  # the same SGD step on both
             for p, q in zip(whole.parameters(), parts.parameters(), strict=True):
@@ -79,5 +87,6 @@ def test_bad_use_is_one_clear_error() -> None:
     with pytest.raises(AntError, match="counts of the whole accumulated batch"):
         Accumulation(build_method("uw", K), net, torch.zeros(K), micro_batches=2)
     with pytest.raises(AntError, match="below the local counts"):
-        Accumulation(build_method("uw", K), net, torch.ones(K), 1).add(loss_fn(net, halves[1]),
-                                                                      IDS[halves[1]])  # fmt: skip
+        Accumulation(build_method("uw", K), net, torch.ones(K), 1).add(
+            loss_fn(net, halves[1]), IDS[halves[1]]
+        )

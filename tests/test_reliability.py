@@ -18,11 +18,34 @@ import pytest
 
 from antdiff.cli import main
 
-TOY = ["--dataset", "toy:gaussians8", "--model", "mlp", "--model-options",
-       '{"hidden": 32, "depth": 2}', "--batch-size", "64", "--num-samples", "8",
-       "--sample-steps", "4", "--timesteps", "100"]  # fmt: skip
-DIGITS = ["--dataset", "digits", "--batch-size", "16", "--num-samples", "4", "--sample-steps",
-          "2", "--log-every", "1"]  # fmt: skip
+TOY = [
+    "--dataset",
+    "toy:gaussians8",
+    "--model",
+    "mlp",
+    "--model-options",
+    '{"hidden": 32, "depth": 2}',
+    "--batch-size",
+    "64",
+    "--num-samples",
+    "8",
+    "--sample-steps",
+    "4",
+    "--timesteps",
+    "100",
+]
+DIGITS = [
+    "--dataset",
+    "digits",
+    "--batch-size",
+    "16",
+    "--num-samples",
+    "4",
+    "--sample-steps",
+    "2",
+    "--log-every",
+    "1",
+]
 CLI = [sys.executable, "-m", "antdiff"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -42,19 +65,28 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (d / "garbage.npy").write_bytes(b"\x80\x04 this is not an array")
     np.save(d / "strings.npy", np.array([["a", "b"], ["c", "d"]]))
     np.save(d / "complex.npy", np.eye(3) * (1 + 1j))
-    for name, text in {"steps.json": '{"steps": "five"}', "bad.json": "{steps: 5",
-                       "cfg.yaml": "steps: 5", "clusters.toml": "clusters = 5",
-                       "lr.toml": 'lr = "0.001"', "batch.json": '{"batch_size": 16.5}',
-                       "cond.json": '{"conditional": "false"}', "key.json": '{"stepz": 5}',
-                       "list.json": "[1, 2]"}.items():  # fmt: skip
+    for name, text in {
+        "steps.json": '{"steps": "five"}',
+        "bad.json": "{steps: 5",
+        "cfg.yaml": "steps: 5",
+        "clusters.toml": "clusters = 5",
+        "lr.toml": 'lr = "0.001"',
+        "batch.json": '{"batch_size": 16.5}',
+        "cond.json": '{"conditional": "false"}',
+        "key.json": '{"stepz": 5}',
+        "list.json": "[1, 2]",
+    }.items():
         (d / name).write_text(text)
     return {"dir": d, "run": run}
 
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file below `folder` with a hash of its bytes (the lock file's holder aside)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 NEW = "--out={D}/new"

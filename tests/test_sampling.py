@@ -50,8 +50,16 @@ def test_oracle_denoiser_recovers_the_data(
     c = torch.tensor([0.5, -1.5])
     oracle = PointMassOracle(c, schedule, prediction)
     steps = 50 if sampler == "ddpm" else 10
-    out = generate(oracle, schedule, 8, (2,), sampler=sampler, steps=steps, prediction=prediction,
-                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    out = generate(
+        oracle,
+        schedule,
+        8,
+        (2,),
+        sampler=sampler,
+        steps=steps,
+        prediction=prediction,
+        generator=torch.Generator().manual_seed(0),
+    )
     torch.testing.assert_close(out, c.expand(8, 2), atol=1e-4, rtol=0)
 
 
@@ -81,8 +89,17 @@ def cond_mlp() -> nn.Module:
 def test_sampler_determinism(schedule: NoiseSchedule, cond_mlp: nn.Module, sampler: str) -> None:
     def run(seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
-        return generate(cond_mlp, schedule, 10, (2,), sampler=sampler, steps=8, generator=g,
-                        batch_size=4, guidance=2.0)  # fmt: skip
+        return generate(
+            cond_mlp,
+            schedule,
+            10,
+            (2,),
+            sampler=sampler,
+            steps=8,
+            generator=g,
+            batch_size=4,
+            guidance=2.0,
+        )
 
     a, b, c = run(0), run(0), run(1)
     assert a.shape == (10, 2) and torch.isfinite(a).all()
@@ -108,8 +125,17 @@ def test_guidance_matches_reference(schedule: NoiseSchedule, cond_mlp: nn.Module
     labels = torch.tensor([0, 1, 2, 3, 1, 2])
 
     def run(model: nn.Module, guidance: float, y: torch.Tensor) -> torch.Tensor:
-        return generate(model, schedule, 6, (2,), sampler="ddim", steps=6, guidance=guidance,
-                        labels=y, generator=torch.Generator().manual_seed(3))  # fmt: skip
+        return generate(
+            model,
+            schedule,
+            6,
+            (2,),
+            sampler="ddim",
+            steps=6,
+            guidance=guidance,
+            labels=y,
+            generator=torch.Generator().manual_seed(3),
+        )
 
     out = run(cond_mlp, g, labels)
     torch.testing.assert_close(out, run(ExplicitGuidance(cond_mlp, g), 1.0, labels))
@@ -132,8 +158,17 @@ def test_default_labels_are_balanced(schedule: NoiseSchedule, cond_mlp: nn.Modul
 
 def test_image_model_generation(schedule: NoiseSchedule) -> None:
     model = build_model("unet-tiny", channels=1, size=8, num_classes=10)
-    out = generate(model, schedule, 3, (1, 8, 8), sampler="dpm++", steps=3, clip_sample=True,
-                   generator=torch.Generator().manual_seed(0), guidance=1.5)  # fmt: skip
+    out = generate(
+        model,
+        schedule,
+        3,
+        (1, 8, 8),
+        sampler="dpm++",
+        steps=3,
+        clip_sample=True,
+        generator=torch.Generator().manual_seed(0),
+        guidance=1.5,
+    )
     assert out.shape == (3, 1, 8, 8) and torch.isfinite(out).all()
 
 

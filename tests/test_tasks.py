@@ -24,16 +24,26 @@ def test_partition_round_trip_and_lookup() -> None:
 
 def test_uniform_partition() -> None:
     assert IntervalPartition.uniform(1000, 5).intervals == (
-        (0, 199), (200, 399), (400, 599), (600, 799), (800, 999),
-    )  # fmt: skip
+        (0, 199),
+        (200, 399),
+        (400, 599),
+        (600, 799),
+        (800, 999),
+    )
     assert IntervalPartition.uniform(7, 7).widths.tolist() == [1] * 7
 
 
 @pytest.mark.parametrize(
     "intervals,T",
-    [((), 5), (((0, 2), (4, 4)), 5), (((1, 4),), 5), (((0, 3),), 5), (((0, 2), (3, 2)), 4),
-     (((0, 4),), 0)],
-)  # fmt: skip
+    [
+        ((), 5),
+        (((0, 2), (4, 4)), 5),
+        (((1, 4),), 5),
+        (((0, 3),), 5),
+        (((0, 2), (3, 2)), 4),
+        (((0, 4),), 0),
+    ],
+)
 def test_partition_validation(intervals, T) -> None:
     with pytest.raises(AntError):
         IntervalPartition(intervals, T)

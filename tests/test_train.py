@@ -20,8 +20,14 @@ from antdiff.config import make_config
 from antdiff.errors import AntError
 from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
 
-FAST = {"dataset": "digits", "batch_size": 16, "num_samples": 4, "sample_steps": 2,
-        "log_every": 5, "checkpoint_every": 10}  # fmt: skip
+FAST = {
+    "dataset": "digits",
+    "batch_size": 16,
+    "num_samples": 4,
+    "sample_steps": 2,
+    "log_every": 5,
+    "checkpoint_every": 10,
+}
 
 
 def run(tmp_path: Path, name: str, **over) -> Path:
@@ -30,9 +36,27 @@ def run(tmp_path: Path, name: str, **over) -> Path:
 
 def test_uw_run_writes_the_run_directory(tmp_path) -> None:
     out = tmp_path / "uw"
-    argv = ["train", "--dataset", "digits", "--method", "uw", "--clusters", "timestep:5",
-            "--steps", "30", "--out", str(out), "--batch-size", "16", "--num-samples", "4",
-            "--sample-steps", "2", "--log-every", "10"]  # fmt: skip
+    argv = [
+        "train",
+        "--dataset",
+        "digits",
+        "--method",
+        "uw",
+        "--clusters",
+        "timestep:5",
+        "--steps",
+        "30",
+        "--out",
+        str(out),
+        "--batch-size",
+        "16",
+        "--num-samples",
+        "4",
+        "--sample-steps",
+        "2",
+        "--log-every",
+        "10",
+    ]
     assert main(argv) == 0
     for name in ("config.json", "run.json", "metrics.jsonl", "samples.png", "report.html"):
         assert (out / name).is_file(), name
@@ -57,8 +81,15 @@ def test_every_method_trains(tmp_path, method: str) -> None:
 def test_famo_same_batch_updates_its_logits_after_each_step(tmp_path) -> None:
     from antdiff.train import Trainer
 
-    cfg = make_config({**FAST, "out": str(tmp_path / "famo"), "method": "famo", "steps": 3,
-                       "method_options": {"same_batch": True}})  # fmt: skip
+    cfg = make_config(
+        {
+            **FAST,
+            "out": str(tmp_path / "famo"),
+            "method": "famo",
+            "steps": 3,
+            "method_options": {"same_batch": True},
+        }
+    )
     trainer = Trainer.start(cfg)
     seen = []
     observe = trainer.method.observe
@@ -102,8 +133,10 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, method: str) -> None:
 def test_resume_rejects_an_incompatible_config(tmp_path) -> None:
     run(tmp_path, "r", steps=10)
     with pytest.raises(AntError, match=r"another config .*ema_decay"):
-        train(make_config({**FAST, "out": str(tmp_path / "r"), "steps": 20, "ema_decay": 0.5}),
-              resume=True)  # fmt: skip
+        train(
+            make_config({**FAST, "out": str(tmp_path / "r"), "steps": 20, "ema_decay": 0.5}),
+            resume=True,
+        )
     with pytest.raises(AntError, match="already holds a run"):
         run(tmp_path, "r", steps=10)
 
@@ -137,8 +170,23 @@ def test_bad_input_from_the_cli_exits_2(tmp_path, capsys) -> None:
 def test_dry_run_prints_resolved_config(tmp_path, capsys) -> None:
     cfg_file = tmp_path / "c.json"
     cfg_file.write_text(json.dumps({"steps": 77, "lr": 0.01}))
-    assert main(["train", "--preset", "demo", "--config", str(cfg_file), "--lr", "0.02",
-                 "--method", "min-snr", "--dry-run"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "demo",
+                "--config",
+                str(cfg_file),
+                "--lr",
+                "0.02",
+                "--method",
+                "min-snr",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["steps"] == 77 and cfg["lr"] == 0.02  # file over preset, flag over file
     assert cfg["method"] == "mean" and cfg["weighting"] == "min-snr"
@@ -148,8 +196,22 @@ def test_sample_and_export(tmp_path) -> None:
     from diffusers import DDPMPipeline
 
     out = run(tmp_path, "s", method="vanilla", steps=4)
-    assert main(["sample", "--run", str(out), "--num", "6", "--steps", "3",
-                 "--out", str(tmp_path / "x.npz")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(out),
+                "--num",
+                "6",
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / "x.npz"),
+            ]
+        )
+        == 0
+    )
     data = np.load(tmp_path / "x.npz")
     assert (tmp_path / "x.png").is_file() and len(data[data.files[0]]) == 6
     assert main(["export", "--run", str(out), "--out", str(tmp_path / "pipe")]) == 0
@@ -160,10 +222,19 @@ def test_sample_and_export(tmp_path) -> None:
 
 def test_ddp_two_processes_equal_one(tmp_path) -> None:
     for method in ("uw", "pcgrad"):
-        flags = {**FAST, "method": method, "steps": 6, "batch_size": 15, "checkpoint_every": 6,
-                 "num_samples": 2, "model_options": NO_ATTENTION}  # fmt: skip
-        argv = [f"--{k.replace('_', '-')}={json.dumps(v) if isinstance(v, dict) else v}"
-                for k, v in flags.items()]  # fmt: skip
+        flags = {
+            **FAST,
+            "method": method,
+            "steps": 6,
+            "batch_size": 15,
+            "checkpoint_every": 6,
+            "num_samples": 2,
+            "model_options": NO_ATTENTION,
+        }
+        argv = [
+            f"--{k.replace('_', '-')}={json.dumps(v) if isinstance(v, dict) else v}"
+            for k, v in flags.items()
+        ]
         one = run(tmp_path, f"one-{method}", **{**flags})
         train_two_processes(argv, tmp_path / f"two-{method}")
         assert_same_weights(one, tmp_path / f"two-{method}")
@@ -182,8 +253,13 @@ def test_evaluate_json_and_eval_every(tmp_path, capsys) -> None:
     assert {"fd", "precision", "recall", "num_samples", "fd_halves", "fd_noise"} <= result.keys()
     assert result["num_samples"] == 130
     intervals = result["heldout"]["intervals"]
-    assert [iv["interval"] for iv in intervals] == [[0, 199], [200, 399], [400, 599],
-                                                   [600, 799], [800, 999]]  # fmt: skip
+    assert [iv["interval"] for iv in intervals] == [
+        [0, 199],
+        [200, 399],
+        [400, 599],
+        [600, 799],
+        [800, 999],
+    ]
     assert all(iv["mean"] > 0 for iv in intervals)
     assert json.loads((out / "metrics.json").read_text())["fd"] == result["fd"]
     assert main(argv) == 0  # same seed -> same numbers
@@ -193,8 +269,24 @@ def test_evaluate_json_and_eval_every(tmp_path, capsys) -> None:
 def test_conditional_training_samples_with_guidance(tmp_path) -> None:
     out = run(tmp_path, "cond", conditional=True, steps=4, guidance=2.0)
     assert json.loads((out / "run.json").read_text())["num_classes"] == 10
-    assert main(["sample", "--run", str(out), "--num", "10", "--steps", "2", "--guidance", "3",
-                 "--out", str(tmp_path / "c.png")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(out),
+                "--num",
+                "10",
+                "--steps",
+                "2",
+                "--guidance",
+                "3",
+                "--out",
+                str(tmp_path / "c.png"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "c.png").is_file()
 
 

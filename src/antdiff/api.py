@@ -30,13 +30,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunDir:
             run, parts = trainer.run, trainer.parts
             if trainer.dist.main:
                 size = count_parameters(trainer.model) / 1e6
-                print(f"{run.info.model} ({size:.2f}M parameters) on {cfg.dataset}, "
-                      f"{parts.partition.k} tasks, {cfg.method}", flush=True)  # fmt: skip
+                print(
+                    f"{run.info.model} ({size:.2f}M parameters) on {cfg.dataset}, "
+                    f"{parts.partition.k} tasks, {cfg.method}",
+                    flush=True,
+                )
                 if cfg.eval_every:
                     trainer.evaluator = Evaluator(
-                        cfg, run.info, parts.schedule, num=cfg.eval_num, sampler=cfg.sampler,
-                        steps=cfg.sample_steps, guidance=cfg.guidance, seed=cfg.seed,
-                    )  # fmt: skip
+                        cfg,
+                        run.info,
+                        parts.schedule,
+                        num=cfg.eval_num,
+                        sampler=cfg.sampler,
+                        steps=cfg.sample_steps,
+                        guidance=cfg.guidance,
+                        seed=cfg.seed,
+                    )
             trainer.fit()
             if trainer.dist.main:
                 with trainer.ema_weights() as model:
@@ -74,14 +83,29 @@ def sample(
     if num < 1:
         raise AntError(f"--num must be >= 1, got {num}")
     if is_export(run_dir):
-        x = sample_exported(run_dir, num, sampler=sampler, steps=steps, guidance=guidance,
-                            generator=_generator(seed),
-                            device=str(distributed.resolve_device(device)))  # fmt: skip
+        x = sample_exported(
+            run_dir,
+            num,
+            sampler=sampler,
+            steps=steps,
+            guidance=guidance,
+            generator=_generator(seed),
+            device=str(distributed.resolve_device(device)),
+        )
         return save_samples(x, out)
     run = RunDir.open(run_dir)
     model = build.trained_model(run, device=str(distributed.resolve_device(device)))
-    x = generate_data(model, run.cfg, run.info, build.schedule(run.cfg), num, sampler=sampler,
-                      steps=steps, guidance=guidance, generator=_generator(seed))  # fmt: skip
+    x = generate_data(
+        model,
+        run.cfg,
+        run.info,
+        build.schedule(run.cfg),
+        num,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        generator=_generator(seed),
+    )
     return save_samples(x, out)
 
 
@@ -100,9 +124,15 @@ def evaluate(run_dir: str | Path, device: str = "cpu", **settings: Any) -> dict[
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     """The run's EMA model as a diffusers directory (see antdiff.export)."""
     run = RunDir.open(run_dir)
-    return export_pipeline(build.trained_model(run), build.schedule(run.cfg), out_dir,
-                           run.cfg.prediction, clip_sample=run.info.kind == "image",
-                           vae=run.info.vae, shape=run.info.shape)  # fmt: skip
+    return export_pipeline(
+        build.trained_model(run),
+        build.schedule(run.cfg),
+        out_dir,
+        run.cfg.prediction,
+        clip_sample=run.info.kind == "image",
+        vae=run.info.vae,
+        shape=run.info.shape,
+    )
 
 
 def affinity(run_dir: str | Path, out: str | Path | None = None, **settings: Any) -> tuple:

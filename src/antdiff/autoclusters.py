@@ -72,9 +72,16 @@ class AutoClusters:
         start = time.perf_counter()
         matrix = torch.zeros(len(self.edges) - 1, len(self.edges) - 1, dtype=torch.float64)
         if dist.main:
-            matrix = torch.from_numpy(affinity_matrix(
-                model, self.probe, self.edges, self.setup, sketch_dim=SKETCH_DIM,
-                seed=block_seed(self.cfg.seed, step)))  # fmt: skip
+            matrix = torch.from_numpy(
+                affinity_matrix(
+                    model,
+                    self.probe,
+                    self.edges,
+                    self.setup,
+                    sketch_dim=SKETCH_DIM,
+                    seed=block_seed(self.cfg.seed, step),
+                )
+            )
         self.matrices.append(dist.broadcast(matrix).numpy())
         self.seconds += time.perf_counter() - start
         if len(self.matrices) < len(self.at):
@@ -88,12 +95,19 @@ class AutoClusters:
 
     def record(self, chosen: Clustering, step: int, warmup_seconds: float) -> dict[str, Any]:
         """What tasks.json says of the choice."""
-        return {"cost": "affinity", "k": self.k, "step": step, "snapshots": self.at,
-                "bins": self.cfg.affinity_bins, "probe": self.cfg.affinity_probe,
-                "sketch_dim": SKETCH_DIM, "weights": "raw",
-                "intervals": [list(iv) for iv in chosen.partition.intervals],
-                "measure_seconds": round(self.seconds, 3),
-                "warmup_seconds": round(warmup_seconds, 3)}  # fmt: skip
+        return {
+            "cost": "affinity",
+            "k": self.k,
+            "step": step,
+            "snapshots": self.at,
+            "bins": self.cfg.affinity_bins,
+            "probe": self.cfg.affinity_probe,
+            "sketch_dim": SKETCH_DIM,
+            "weights": "raw",
+            "intervals": [list(iv) for iv in chosen.partition.intervals],
+            "measure_seconds": round(self.seconds, 3),
+            "warmup_seconds": round(warmup_seconds, 3),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         matrices = torch.from_numpy(np.array(self.matrices, dtype=np.float64))
@@ -106,5 +120,7 @@ class AutoClusters:
         self.seconds = float(state["seconds"])
         self.at = [int(v) for v in state.get("at", self.at)]
         if self.at[-1] >= self.cfg.steps:
-            raise AntError(f"affinity:K:auto: this run's warm-up ends at step {self.at[-1]}; "
-                           f"--steps must be more than that, got {self.cfg.steps}")  # fmt: skip
+            raise AntError(
+                f"affinity:K:auto: this run's warm-up ends at step {self.at[-1]}; "
+                f"--steps must be more than that, got {self.cfg.steps}"
+            )

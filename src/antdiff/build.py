@@ -100,8 +100,13 @@ def timestep_sampler(cfg: TrainConfig, partition: IntervalPartition) -> Timestep
 def model(cfg: TrainConfig, info: RunInfo) -> Denoiser:
     """The untrained model, initialised from the run's seed (identical on every rank)."""
     torch.manual_seed(cfg.seed)
-    return build_model(info.model, channels=info.shape[0], size=info.size,
-                       num_classes=info.num_classes, **cfg.model_options)  # fmt: skip
+    return build_model(
+        info.model,
+        channels=info.shape[0],
+        size=info.size,
+        num_classes=info.num_classes,
+        **cfg.model_options,
+    )
 
 
 def trained_model(

@@ -36,9 +36,18 @@ def _cluster(args: argparse.Namespace) -> int:
     if args.plot:
         plot_partition(part, log_snr, args.plot, title=f"{args.cost} clustering, k={args.k}")
     if args.json:
-        print(json.dumps({"intervals": [list(iv) for iv in part.intervals], "cost": args.cost,
-                          "total": result.total, "k": part.k, "timesteps": part.timesteps,
-                          "schedule": schedule.name}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "intervals": [list(iv) for iv in part.intervals],
+                    "cost": args.cost,
+                    "total": result.total,
+                    "k": part.k,
+                    "timesteps": part.timesteps,
+                    "schedule": schedule.name,
+                }
+            )
+        )
         return 0
     print(
         f"{args.cost} clustering of {part.timesteps} timesteps ({schedule.name} schedule) "
@@ -87,8 +96,16 @@ def _train(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from antdiff.api import sample
 
-    path = sample(args.run, args.num, args.out, sampler=args.sampler, steps=args.steps,
-                  guidance=args.guidance, seed=args.seed, device=args.device)  # fmt: skip
+    path = sample(
+        args.run,
+        args.num,
+        args.out,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        device=args.device,
+    )
     print(f"{args.num} samples written to {path}")
     return 0
 
@@ -103,9 +120,16 @@ def _export(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from antdiff.api import evaluate
 
-    result = evaluate(args.run, device=args.device, num=args.num, sampler=args.sampler,
-                      steps=args.steps, guidance=args.guidance, seed=args.seed,
-                      fid=args.fid)  # fmt: skip
+    result = evaluate(
+        args.run,
+        device=args.device,
+        num=args.num,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        fid=args.fid,
+    )
     if args.json:
         print(json.dumps(result))
         return 0
@@ -123,33 +147,62 @@ def _affinity(args: argparse.Namespace) -> int:
     from antdiff.api import affinity
 
     result, npz, report = affinity(
-        args.run, args.out, checkpoints=args.checkpoints, bins=args.bins, probe=args.probe,
-        sketch_dim=args.sketch_dim, projection=args.projection, ema=args.weights == "ema",
-        seed=args.seed, device=args.device,
-    )  # fmt: skip
+        args.run,
+        args.out,
+        checkpoints=args.checkpoints,
+        bins=args.bins,
+        probe=args.probe,
+        sketch_dim=args.sketch_dim,
+        projection=args.projection,
+        ema=args.weights == "ema",
+        seed=args.seed,
+        device=args.device,
+    )
     print(summary_line(result))
     print(f"written to {npz} (+ affinity.npy, affinity.png); report {report}")
     return 0
 
 
-TRANSFER_FLAGS = ("dataset", "resolution", "model", "steps", "batch_size", "lr", "ema_decay",
-                  "objective", "schedule", "flow_shift", "holdout")  # fmt: skip
+TRANSFER_FLAGS = (
+    "dataset",
+    "resolution",
+    "model",
+    "steps",
+    "batch_size",
+    "lr",
+    "ema_decay",
+    "objective",
+    "schedule",
+    "flow_shift",
+    "holdout",
+)
 
 
 def _transfer(args: argparse.Namespace) -> int:
     from antdiff.analysis.transfer import TransferPlan, run_transfer
     from antdiff.report import summary_table
 
-    base = {**PRESETS.get(args.preset or "", {}),
-            **(read_config_file(args.config) if args.config else {})}  # fmt: skip
+    base = {
+        **PRESETS.get(args.preset or "", {}),
+        **(read_config_file(args.config) if args.config else {}),
+    }
     base.update({k: getattr(args, k) for k in TRANSFER_FLAGS if getattr(args, k) is not None})
     if args.seeds < 1:
         raise AntError(f"--seeds must be >= 1, got {args.seeds}")
-    plan = TransferPlan(base, intervals=args.intervals, seeds=list(range(args.seeds)),
-                        method=args.method, budget=args.budget, out=args.out,
-                        num_samples=args.num_samples, sampler=args.sampler,
-                        sample_steps=args.sample_steps, per_interval=args.per_interval,
-                        jobs=args.jobs, runs=args.runs)  # fmt: skip
+    plan = TransferPlan(
+        base,
+        intervals=args.intervals,
+        seeds=list(range(args.seeds)),
+        method=args.method,
+        budget=args.budget,
+        out=args.out,
+        num_samples=args.num_samples,
+        sampler=args.sampler,
+        sample_steps=args.sample_steps,
+        per_interval=args.per_interval,
+        jobs=args.jobs,
+        runs=args.runs,
+    )
     result = run_transfer(plan)
     print(summary_table(result))
     print(f"written to {Path(args.out) / 'transfer.json'} (+ transfer.png, report.html)")
@@ -206,8 +259,12 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--probe", type=int, default=64, help="fixed probe images (default 64)")
     a.add_argument("--sketch-dim", type=int, default=1024, help="sketch size M; 0: exact")
     a.add_argument("--projection", choices=["countsketch", "gaussian"], default="countsketch")
-    a.add_argument("--weights", choices=["raw", "ema"], default="raw",
-                   help="raw training iterates (the paper's) or EMA weights")  # fmt: skip
+    a.add_argument(
+        "--weights",
+        choices=["raw", "ema"],
+        default="raw",
+        help="raw training iterates (the paper's) or EMA weights",
+    )
     a.add_argument("--seed", type=int, default=0, help="probe, noise and projection seed")
     a.add_argument("--device", default="cpu")
     a.add_argument("--out", metavar="DIR", help="default: RUN/affinity (shown in report.html)")

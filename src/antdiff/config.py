@@ -143,16 +143,38 @@ HELP = {
 
 # Named starting points; any flag overrides them.
 PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {"dataset": "digits", "method": "uw", "clusters": "affinity:5:auto", "steps": 3000,
-             "batch_size": 64, "lr": 2e-3, "ema_decay": 0.999, "checkpoint_every": 500,
-             "log_every": 100, "num_samples": 100},
+    "demo": {
+        "dataset": "digits",
+        "method": "uw",
+        "clusters": "affinity:5:auto",
+        "steps": 3000,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "ema_decay": 0.999,
+        "checkpoint_every": 500,
+        "log_every": 100,
+        "num_samples": 100,
+    },
     "digits": {"dataset": "digits", "steps": 4000, "batch_size": 128, "lr": 1e-3},
-    "toy": {"dataset": "toy:gaussians8", "model": "mlp", "steps": 5000, "batch_size": 1024,
-            "lr": 1e-3, "num_samples": 2000, "log_every": 250, "sampler": "ddpm",
-            "sample_steps": 1000},
-    "mnist": {"model": "unet-small", "steps": 20000, "batch_size": 128, "lr": 2e-4,
-              "checkpoint_every": 2000},
-}  # fmt: skip
+    "toy": {
+        "dataset": "toy:gaussians8",
+        "model": "mlp",
+        "steps": 5000,
+        "batch_size": 1024,
+        "lr": 1e-3,
+        "num_samples": 2000,
+        "log_every": 250,
+        "sampler": "ddpm",
+        "sample_steps": 1000,
+    },
+    "mnist": {
+        "model": "unet-small",
+        "steps": 20000,
+        "batch_size": 128,
+        "lr": 2e-4,
+        "checkpoint_every": 2000,
+    },
+}
 PRESET_NEEDS = {"mnist": ("dataset", "--dataset mnist:PATH (a folder of MNIST IDX files)")}
 
 # The baselines as `--method` names. "vanilla" is L_simple everywhere in antdiff: uniform
@@ -338,11 +360,13 @@ def check_auto(cfg: TrainConfig, k: int) -> None:
         (k <= b, f"affinity:{k}:auto needs K <= affinity_bins ({b}): K intervals of the bins"),
         (cfg.affinity_probe >= 1, f"affinity_probe must be >= 1, got {cfg.affinity_probe}"),
         (cfg.affinity_snapshots >= 1, "affinity_snapshots must be >= 1"),
-        (cfg.affinity_snapshots <= warmup < cfg.steps,
-         f"the affinity warm-up ({warmup} steps) must be shorter than the run ({cfg.steps} "
-         f"steps) and at least one step per snapshot ({cfg.affinity_snapshots})"),
+        (
+            cfg.affinity_snapshots <= warmup < cfg.steps,
+            f"the affinity warm-up ({warmup} steps) must be shorter than the run ({cfg.steps} "
+            f"steps) and at least one step per snapshot ({cfg.affinity_snapshots})",
+        ),
         (cfg.timestep_range is None, "affinity:K:auto and timestep_range exclude each other"),
-    ]  # fmt: skip
+    ]
     for ok, message in checks:
         if not ok:
             raise AntError(message)

@@ -68,9 +68,19 @@ def generate_data(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Samples in data space: images in [-1, 1] (decoded through the VAE for latents) or points."""
-    x = generate(model, schedule, num, info.shape, sampler=sampler, steps=steps,
-                 guidance=guidance, labels=labels, generator=generator,
-                 prediction=cfg.prediction, clip_sample=info.kind == "image")  # fmt: skip
+    x = generate(
+        model,
+        schedule,
+        num,
+        info.shape,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        labels=labels,
+        generator=generator,
+        prediction=cfg.prediction,
+        clip_sample=info.kind == "image",
+    )
     if info.kind == "latent":
         assert info.vae is not None
         x = decode_latents(x, info.vae)
@@ -109,16 +119,18 @@ class Evaluator:
             available_backend()  # fail now, not after sampling
         self.real = build.reference_data(cfg)
         self.net = None if info.kind == "points" else feature_net_for(self.real)
-        self.reference = {} if self.net is None else fd_reference(self.real.x, feature_net=self.net,
-                                                                 seed=seed)  # fmt: skip
+        self.reference = (
+            {} if self.net is None else fd_reference(self.real.x, feature_net=self.net, seed=seed)
+        )
         _, heldout = build.load_data(cfg)
         self.triples = None
         if heldout is not None:
             # class-conditional: the loss given each image's true label (the model's main task)
             labels = heldout.labels if info.num_classes else None
             intervals = (partition or info.partition).intervals
-            self.triples = draw_heldout_triples(heldout.x, intervals, n_per_interval=per_interval,
-                                                seed=seed, labels=labels)  # fmt: skip
+            self.triples = draw_heldout_triples(
+                heldout.x, intervals, n_per_interval=per_interval, seed=seed, labels=labels
+            )
 
     def labels(self) -> Tensor | None:
         """The class of each sample of a conditional model: 0, 1, ..., K-1, 0, ..."""
@@ -128,22 +140,36 @@ class Evaluator:
         """`num` samples in data space from the evaluation seed: (x, labels, the generator)."""
         g = torch.Generator().manual_seed(self.seed)
         labels = self.labels()
-        x = generate_data(model, self.cfg, self.info, self.schedule, self.num,
-                          sampler=self.sampler, steps=self.steps, guidance=self.guidance,
-                          labels=labels, generator=g)  # fmt: skip
+        x = generate_data(
+            model,
+            self.cfg,
+            self.info,
+            self.schedule,
+            self.num,
+            sampler=self.sampler,
+            steps=self.steps,
+            guidance=self.guidance,
+            labels=labels,
+            generator=g,
+        )
         return x, labels, g
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> dict[str, Any]:
         x, labels, g = self.sample(model)
-        out: dict[str, Any] = {"sampler": self.sampler, "sample_steps": self.steps,
-                               "guidance": self.guidance, "seed": self.seed}  # fmt: skip
+        out: dict[str, Any] = {
+            "sampler": self.sampler,
+            "sample_steps": self.steps,
+            "guidance": self.guidance,
+            "seed": self.seed,
+        }
         out.update(self.sample_quality(x, labels, g))
         if self.fid:
             out["fid"] = standard_fid(x, self.real.x)
         if self.triples is not None:
-            out["heldout"] = evaluate_heldout(self.loss_fn(model), self.triples,
-                                              device=_device(model))  # fmt: skip
+            out["heldout"] = evaluate_heldout(
+                self.loss_fn(model), self.triples, device=_device(model)
+            )
         return _clean(out)
 
     def sample_quality(self, x: Tensor, labels: Tensor | None, g: torch.Generator) -> dict:
@@ -152,8 +178,14 @@ class Evaluator:
             real = self.real.x[torch.randperm(len(self.real.x), generator=g)[:5000]]
             mixture = self.real.meta if "means" in self.real.meta else None
             return evaluate_samples(x, real, kind="points", mixture=mixture, seed=self.seed)
-        out = evaluate_samples(x.clamp(-1, 1), self.real.x, kind="image", labels=labels,
-                               feature_net=self.net, seed=self.seed)  # fmt: skip
+        out = evaluate_samples(
+            x.clamp(-1, 1),
+            self.real.x,
+            kind="image",
+            labels=labels,
+            feature_net=self.net,
+            seed=self.seed,
+        )
         return {**out, **self.reference}
 
     def loss_fn(self, model: nn.Module):

@@ -123,8 +123,14 @@ def export_pipeline(
 def _readme(info: dict[str, Any], schedule: Schedule) -> str:
     family, k = info["family"], info["num_classes"]
     cls = CLASSES[family].__name__
-    fmt = {"dir": "PATH", "cls": cls, "sub": info["subfolder"], "k1": k - 1, "null": k,
-           "scheduler": info["scheduler"]}  # fmt: skip
+    fmt = {
+        "dir": "PATH",
+        "cls": cls,
+        "sub": info["subfolder"],
+        "k1": k - 1,
+        "null": k,
+        "scheduler": info["scheduler"],
+    }
     if info["pipeline"]:
         code = _CODE_PIPE.format(**fmt)
     elif family == "mlp":
@@ -135,10 +141,15 @@ def _readme(info: dict[str, Any], schedule: Schedule) -> str:
     shift = info["flow_shift"]
     flow = _FLOW.format(T=schedule.timesteps, shift=shift) if shift is not None else ""
     return _README.format(
-        name=info["model"]["name"], cls=cls, kind=kind, prediction=info["prediction"],
-        schedule=schedule.name, T=schedule.timesteps, code=code,
+        name=info["model"]["name"],
+        cls=cls,
+        kind=kind,
+        prediction=info["prediction"],
+        schedule=schedule.name,
+        T=schedule.timesteps,
+        code=code,
         flow=flow,
-    )  # fmt: skip
+    )
 
 
 def load_exported(path: str | os.PathLike[str]) -> tuple[Denoiser, Any, dict[str, Any]]:
@@ -181,9 +192,18 @@ def sample_exported(
         schedule: Schedule = FlowPath(info["timesteps"], info["flow_shift"])
     else:
         schedule = NoiseSchedule.from_name(info["schedule"], info["timesteps"])
-    x = generate(model.to(device), schedule, num, tuple(info["shape"]), sampler=sampler,
-                 steps=steps, guidance=guidance, generator=generator,
-                 prediction=info["prediction"], clip_sample=info["clip_sample"])  # fmt: skip
+    x = generate(
+        model.to(device),
+        schedule,
+        num,
+        tuple(info["shape"]),
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        generator=generator,
+        prediction=info["prediction"],
+        clip_sample=info["clip_sample"],
+    )
     if info["vae"] is not None:
         x = decode_latents(x, str(Path(path) / info["vae"]))
     return x

@@ -152,20 +152,45 @@ _UP3B = ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")
 
 # name -> (family, builder, default config, description)
 _REGISTRY: dict[str, tuple[str, Callable[..., nn.Module], dict[str, Any], str]] = {
-    "unet-tiny": ("unet", _unet, {"block_out_channels": (32, 64), "down_block_types": _DOWN2,
-                  "up_block_types": _UP2}, "UNet2DModel ~0.7M, 8x8 digits, attention at 4x4"),
-    "unet-small": ("unet", _unet, {"block_out_channels": (32, 64, 64),
-                   "down_block_types": _DOWN3, "up_block_types": _UP3},
-                   "UNet2DModel ~1.1M, 28/32 px, attention at 1/4 resolution"),
-    "unet-base": ("unet", _unet, {"block_out_channels": (64, 128, 256), "layers_per_block": 2,
-                  "norm_num_groups": 32, "attention_head_dim": 32, "down_block_types": _DOWN3B,
-                  "up_block_types": _UP3B}, "UNet2DModel ~16M (GPU), attention at 1/2 and 1/4"),
-    "dit-tiny": ("dit", _dit, {"num_layers": 4, "num_attention_heads": 4,
-                 "attention_head_dim": 32}, "DiTTransformer2DModel d=128, depth 4 (~1.4M)"),
-    "dit-s": ("dit", _dit, {"num_layers": 12, "num_attention_heads": 6,
-              "attention_head_dim": 64}, "DiTTransformer2DModel DiT-S: d=384, depth 12 (~35M)"),
+    "unet-tiny": (
+        "unet",
+        _unet,
+        {"block_out_channels": (32, 64), "down_block_types": _DOWN2, "up_block_types": _UP2},
+        "UNet2DModel ~0.7M, 8x8 digits, attention at 4x4",
+    ),
+    "unet-small": (
+        "unet",
+        _unet,
+        {"block_out_channels": (32, 64, 64), "down_block_types": _DOWN3, "up_block_types": _UP3},
+        "UNet2DModel ~1.1M, 28/32 px, attention at 1/4 resolution",
+    ),
+    "unet-base": (
+        "unet",
+        _unet,
+        {
+            "block_out_channels": (64, 128, 256),
+            "layers_per_block": 2,
+            "norm_num_groups": 32,
+            "attention_head_dim": 32,
+            "down_block_types": _DOWN3B,
+            "up_block_types": _UP3B,
+        },
+        "UNet2DModel ~16M (GPU), attention at 1/2 and 1/4",
+    ),
+    "dit-tiny": (
+        "dit",
+        _dit,
+        {"num_layers": 4, "num_attention_heads": 4, "attention_head_dim": 32},
+        "DiTTransformer2DModel d=128, depth 4 (~1.4M)",
+    ),
+    "dit-s": (
+        "dit",
+        _dit,
+        {"num_layers": 12, "num_attention_heads": 6, "attention_head_dim": 64},
+        "DiTTransformer2DModel DiT-S: d=384, depth 12 (~35M)",
+    ),
     "mlp": ("mlp", _mlp, {"hidden": 128, "depth": 4}, "residual MLP ~0.1M for 2-D points"),
-}  # fmt: skip
+}
 
 
 def list_models() -> dict[str, str]:
@@ -191,8 +216,13 @@ def build_model(
         net = builder(channels, size, num_classes, **{**defaults, **overrides})
     except (TypeError, ValueError) as exc:
         raise AntError(f"cannot build {name}: {exc}".splitlines()[0]) from exc
-    spec = {"name": name, "channels": channels, "size": size, "num_classes": num_classes,
-            **overrides}  # fmt: skip
+    spec = {
+        "name": name,
+        "channels": channels,
+        "size": size,
+        "num_classes": num_classes,
+        **overrides,
+    }
     return Denoiser(net, spec)
 
 

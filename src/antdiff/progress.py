@@ -30,8 +30,7 @@ class Progress:
             return
         rate = (step - self.start) / max(self.elapsed - self.seconds, 1e-9)
         eta = (self.total - step) / rate if rate > 0 else math.inf
-        line = (f"step {step}/{self.total}  loss {loss:.4f}  {rate:.2f} it/s  "
-                f"ETA {_duration(eta)}")  # fmt: skip
+        line = f"step {step}/{self.total}  loss {loss:.4f}  {rate:.2f} it/s  ETA {_duration(eta)}"
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
 
     def close(self) -> None:

@@ -11,8 +11,19 @@ from antdiff.runinfo import RunInfo
 from antdiff.tasks import IntervalPartition
 
 # Config keys that change only the outputs of a run, never its weights.
-OUTPUTS = {"out", "log_every", "checkpoint_every", "keep_checkpoints", "num_samples", "sampler",
-           "sample_steps", "guidance", "device", "eval_every", "eval_num"}  # fmt: skip
+OUTPUTS = {
+    "out",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "num_samples",
+    "sampler",
+    "sample_steps",
+    "guidance",
+    "device",
+    "eval_every",
+    "eval_num",
+}
 # What may change on --resume: outputs, the steps, and the learning rate and clipping (to
 # continue a run that diverged with a lower --lr).
 RESUMABLE = OUTPUTS | {"steps", "lr", "grad_clip"}

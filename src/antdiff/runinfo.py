@@ -40,6 +40,7 @@ class RunInfo:
             values = {f.name: d[f.name] for f in fields(cls)}
         except KeyError as e:
             raise AntError(f"run.json lacks {e.args[0]!r}") from None
-        values.update(shape=tuple(d["shape"]),
-                      partition=IntervalPartition.from_dict(d["partition"]))  # fmt: skip
+        values.update(
+            shape=tuple(d["shape"]), partition=IntervalPartition.from_dict(d["partition"])
+        )
         return cls(**values)

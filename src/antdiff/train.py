@@ -59,10 +59,14 @@ class Trainer:
         self.weighting = parts.weighting.to(dev)
         self.path = parts.schedule.loss_path(dev)
         self.optimizer = torch.optim.AdamW(
-            [{"params": list(self.model.parameters())}, *self.method.param_groups(),
-             *self.weighting.param_groups()],
-            lr=cfg.lr, weight_decay=cfg.weight_decay,
-        )  # fmt: skip
+            [
+                {"params": list(self.model.parameters())},
+                *self.method.param_groups(),
+                *self.weighting.param_groups(),
+            ],
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+        )
         self.ema = EMAModel(self.model.parameters(), decay=cfg.ema_decay)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.clip = cfg.grad_clip or self.method.default_max_grad_norm
@@ -207,9 +211,13 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state()},
         }
         try:
-            self.run.save_checkpoint(self.step, self.model.state_dict(),
-                                     dict(zip(names, shadow, strict=True)), state,
-                                     keep=self.cfg.keep_checkpoints)  # fmt: skip
+            self.run.save_checkpoint(
+                self.step,
+                self.model.state_dict(),
+                dict(zip(names, shadow, strict=True)),
+                state,
+                keep=self.cfg.keep_checkpoints,
+            )
         finally:
             self.dist.barrier()
 
@@ -220,8 +228,9 @@ class Trainer:
         info = replace(self.parts.info, partition=chosen.partition, clustering_cost=chosen.cost)
         sampler, method, weighting = build.tasks(self.cfg, info, self.parts.schedule)
         self.method, self.weighting = method.to(self.dist.device), weighting.to(self.dist.device)
-        self.parts = replace(self.parts, info=info, sampler=sampler, method=method,
-                             weighting=weighting, auto=None)  # fmt: skip
+        self.parts = replace(
+            self.parts, info=info, sampler=sampler, method=method, weighting=weighting, auto=None
+        )
         for group in [*method.param_groups(), *weighting.param_groups()]:  # own groups (UW)
             self.optimizer.add_param_group(group)
         self.clip = self.cfg.grad_clip or method.default_max_grad_norm
@@ -280,8 +289,16 @@ class Trainer:
                 y[batch.drop[rows].to(dev)] = classes
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
                 frac = None if batch.frac is None else batch.frac[rows]
-                loss = per_sample_loss(net, x0, t, batch.noise[rows].to(dev), self.path,
-                                       prediction=cfg.prediction, y=y, frac=frac)  # fmt: skip
+                loss = per_sample_loss(
+                    net,
+                    x0,
+                    t,
+                    batch.noise[rows].to(dev),
+                    self.path,
+                    prediction=cfg.prediction,
+                    y=y,
+                    frac=frac,
+                )
             weighted = self.weighting(loss.float(), t)
             if record is not None:
                 record.append((rows, weighted.detach()))
@@ -294,14 +311,16 @@ class Trainer:
         batch = draw_batch(cfg, len(parts.data), parts.info.shape, parts.sampler, self.step)
         local = self.dist.local_slice(cfg.batch_size)
         counts = torch.bincount(batch.task, minlength=parts.partition.k)
-        self.t_counts += torch.bincount(batch.t * len(self.t_counts) // cfg.timesteps,
-                                        minlength=len(self.t_counts))  # fmt: skip
+        self.t_counts += torch.bincount(
+            batch.t * len(self.t_counts) // cfg.timesteps, minlength=len(self.t_counts)
+        )
         record = [] if parts.sampler.observes else None
         loss_fn = self.loss_fn(batch, local, record=record)
         self.weighting.zero_grad(set_to_none=True)
         try:
-            info = mtl_backward(self.method, loss_fn, batch.task[local], counts, self.net,
-                                self.scaler)  # fmt: skip
+            info = mtl_backward(
+                self.method, loss_fn, batch.task[local], counts, self.net, self.scaler
+            )
         except NonFiniteError as e:
             raise NonFiniteError(
                 f"stopped at step {self.step}: the loss or its gradient is not finite; "
@@ -313,17 +332,22 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
             self.optimizer.step()
             self.ema.step(self.model.parameters())
-            mtl_after_step(self.method, self.loss_fn(batch, local), batch.task[local], counts,
-                           self.net)  # fmt: skip
+            mtl_after_step(
+                self.method, self.loss_fn(batch, local), batch.task[local], counts, self.net
+            )
             if record is not None:  # the global batch's losses, the same on every rank
                 rows, losses = (torch.cat(parts) for parts in zip(*record, strict=True))
                 parts.sampler.observe(batch.t, self.dist.gather_rows(rows, losses, cfg.batch_size))
         self.step += 1
         valid = ~torch.isnan(info.task_losses)
         loss = float((info.task_losses[valid] * counts[valid]).sum() / counts[valid].sum())
-        return {"loss": loss, "task_losses": _floats(info.task_losses),
-                "task_weights": _floats(info.task_weights), "finite": info.finite,
-                "lr": self.optimizer.param_groups[0]["lr"]}  # fmt: skip
+        return {
+            "loss": loss,
+            "task_losses": _floats(info.task_losses),
+            "task_weights": _floats(info.task_weights),
+            "finite": info.finite,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
 
     def _finite_state(self) -> bool:
         """Weights finite and, without fp16 scaling, the next batch's losses too (all ranks)."""
@@ -360,13 +384,19 @@ class Trainer:
         skipped = 0
         while self.step < cfg.steps:
             row = self.train_step()
-            if self.auto is not None and (chosen := self.auto.observe(self.step, self.model,
-                                                                      self.dist)):  # fmt: skip
+            if self.auto is not None and (
+                chosen := self.auto.observe(self.step, self.model, self.dist)
+            ):
                 self.set_tasks(chosen, progress.elapsed)
             skipped += not row["finite"]
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                row = {"step": self.step, **row, "skipped": skipped, "time": progress.elapsed,
-                       "t_hist": self.t_counts.tolist()}  # fmt: skip
+                row = {
+                    "step": self.step,
+                    **row,
+                    "skipped": skipped,
+                    "time": progress.elapsed,
+                    "t_hist": self.t_counts.tolist(),
+                }
                 self.t_counts.zero_()
                 if self.dist.main:
                     self.run.append_metrics(row)
@@ -381,8 +411,11 @@ class Trainer:
                     self.save()
                 progress.close()
                 name = signal.Signals(signum).name
-                raise Interrupted(f"stopped by {name} at step {self.step}; checkpoint saved, "
-                                  "continue with --resume", 128 + signum)  # fmt: skip
+                raise Interrupted(
+                    f"stopped by {name} at step {self.step}; checkpoint saved, "
+                    "continue with --resume",
+                    128 + signum,
+                )
 
     @staticmethod
     def _timed(fn: Callable[[float], None], seconds: float) -> float:

@@ -92,9 +92,18 @@ def run_affinity(
     for path in paths:
         ckpt = run.load_checkpoint(path)
         model = build.trained_model(run, ckpt, ema=ema, device=device)
-        mats.append(affinity_matrix(model, prb, edges, setup, sketch_dim=sketch_dim,
-                                    seed=block_seed(seed, ckpt.step), projection=projection,
-                                    group=group))  # fmt: skip
+        mats.append(
+            affinity_matrix(
+                model,
+                prb,
+                edges,
+                setup,
+                sketch_dim=sketch_dim,
+                seed=block_seed(seed, ckpt.step),
+                projection=projection,
+                group=group,
+            )
+        )
         steps.append(ckpt.step)
     per = np.stack(mats)
     centre = ((edges[:-1] + edges[1:] - 1) // 2).astype(int)

@@ -152,8 +152,12 @@ class TransferPlan:
     def config(self, seed: int, j: int | None) -> TrainConfig:
         """The generalist's (j None) or specialist j's training config for one seed."""
         steps = self.generalist_steps if j is None else self.specialist_steps(j)
-        quiet = {"log_every": max(1, steps // 4), "checkpoint_every": steps,
-                 "keep_checkpoints": 1, "eval_every": 0}  # fmt: skip
+        quiet = {
+            "log_every": max(1, steps // 4),
+            "checkpoint_every": steps,
+            "keep_checkpoints": 1,
+            "eval_every": 0,
+        }
         if j is None:
             spec = self.intervals if not self.intervals[0].isdigit() else f"timestep:{self.k}"
             role = {"clusters": spec, "method": self.method}
@@ -211,8 +215,15 @@ def evaluate_seed(args: tuple[TransferPlan, int]) -> dict[str, Any]:
     gen = build.trained_model(gen_run)
     specs = [build.trained_model(RunDir.open(plan.run_dir(seed, j))) for j in range(plan.k)]
     cfg = gen_run.cfg
-    evaluator = Evaluator(cfg, gen_run.info, build.schedule(cfg), num=plan.num_samples,
-                          sampler=plan.sampler, steps=plan.sample_steps, seed=seed)  # fmt: skip
+    evaluator = Evaluator(
+        cfg,
+        gen_run.info,
+        build.schedule(cfg),
+        num=plan.num_samples,
+        sampler=plan.sampler,
+        steps=plan.sample_steps,
+        seed=seed,
+    )
     metric = "swd" if gen_run.info.kind == "points" else "fd"
 
     def quality(model: nn.Module) -> float:
@@ -220,13 +231,16 @@ def evaluate_seed(args: tuple[TransferPlan, int]) -> dict[str, Any]:
         return float(evaluator.sample_quality(x, labels, g)[metric])
 
     gen_value = quality(gen)
-    mixtures = [quality(MixtureDenoiser(gen, spec, plan.partition.intervals[j]))
-                for j, spec in enumerate(specs)]  # fmt: skip
+    mixtures = [
+        quality(MixtureDenoiser(gen, spec, plan.partition.intervals[j]))
+        for j, spec in enumerate(specs)
+    ]
     _, heldout = build.load_data(cfg)
     if heldout is None:
         raise AntError("the held-out gap needs held-out data (--holdout N)")
-    triples = draw_heldout_triples(heldout.x, plan.partition.intervals,
-                                   n_per_interval=plan.per_interval, seed=0)  # fmt: skip
+    triples = draw_heldout_triples(
+        heldout.x, plan.partition.intervals, n_per_interval=plan.per_interval, seed=0
+    )
     loss_gen = heldout_losses(evaluator.loss_fn(gen), triples)
     gap, lg, ls = [], [], []
     for j, spec in enumerate(specs):
@@ -235,9 +249,16 @@ def evaluate_seed(args: tuple[TransferPlan, int]) -> dict[str, Any]:
         gap.append(float(diff.mean()))
         lg.append(float(loss_gen[mask].mean()))
         ls.append(lg[-1] + gap[-1])
-    return {"seed": seed, "metric": metric, "generalist": gen_value, "mixture": mixtures,
-            "ntg": [m - gen_value for m in mixtures], "heldout_generalist": lg,
-            "heldout_specialist": ls, "heldout_gap": gap}  # fmt: skip
+    return {
+        "seed": seed,
+        "metric": metric,
+        "generalist": gen_value,
+        "mixture": mixtures,
+        "ntg": [m - gen_value for m in mixtures],
+        "heldout_generalist": lg,
+        "heldout_specialist": ls,
+        "heldout_gap": gap,
+    }
 
 
 def _spread(rows: list[list[float]]) -> dict[str, Any]:

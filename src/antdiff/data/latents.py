@@ -35,8 +35,11 @@ def _vae_fingerprint(path_or_id: str) -> str:
     p = Path(path_or_id).expanduser()
     if not p.is_dir():
         return path_or_id
-    files = sorted((str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns)
-                   for f in p.rglob("*") if f.is_file())  # fmt: skip
+    files = sorted(
+        (str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns)
+        for f in p.rglob("*")
+        if f.is_file()
+    )
     return json.dumps([str(p.resolve()), files])
 
 
@@ -63,8 +66,7 @@ def _encode(x: torch.Tensor, vae: Any, batch_size: int = 64) -> torch.Tensor:
         raise AntError(f"VAE expects {in_ch}-channel images, data has {x.shape[1]}")
     scale, shift = _vae_scale(vae)
     device = next(vae.parameters()).device
-    out = [(vae.encode(b.to(device)).latent_dist.mean - shift) * scale
-           for b in x.split(batch_size)]  # fmt: skip
+    out = [(vae.encode(b.to(device)).latent_dist.mean - shift) * scale for b in x.split(batch_size)]
     return torch.cat(out).float().cpu()
 
 

@@ -24,8 +24,9 @@ def load_toy(name: str, num_points: int = DEFAULT_POINTS, seed: int = 0) -> Data
     x, labels, meta = _TOY_MAKERS[name](num_points, rng)
     y = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
     num_classes = 0 if labels is None else int(meta.pop("num_classes"))
-    return Dataset(torch.as_tensor(x, dtype=torch.float32), y, num_classes, "points",
-                   f"toy:{name}", meta)  # fmt: skip
+    return Dataset(
+        torch.as_tensor(x, dtype=torch.float32), y, num_classes, "points", f"toy:{name}", meta
+    )
 
 
 def _gaussians8(n: int, rng: np.random.Generator) -> tuple:

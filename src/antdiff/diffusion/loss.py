@@ -81,8 +81,10 @@ def per_sample_loss(
     prediction = check_prediction(prediction)
     flow = isinstance(path, FlowPath)
     if flow != (prediction == VELOCITY):
-        raise AntError("flow matching predicts the velocity, DDPM epsilon, v or sample; got "
-                       f"{prediction!r} on a {'flow' if flow else 'DDPM'} path")  # fmt: skip
+        raise AntError(
+            "flow matching predicts the velocity, DDPM epsilon, v or sample; got "
+            f"{prediction!r} on a {'flow' if flow else 'DDPM'} path"
+        )
     if flow:
         xt, tgt = path.noisy(x0, t, noise, frac), path.target(x0, noise)
         pred = model(xt, path.model_time(t, frac), y)

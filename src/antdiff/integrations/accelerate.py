@@ -53,8 +53,10 @@ class AcceleratedMTL:
                 "outside autograd, so the MTL update cannot be written exactly"
             )
         if sampler.observes:
-            raise AntError(f"{sampler.name} timestep sampling learns from the trainer's losses: "
-                           "use it with `antdiff train`, or a fixed sampler here")  # fmt: skip
+            raise AntError(
+                f"{sampler.name} timestep sampling learns from the trainer's losses: "
+                "use it with `antdiff train`, or a fixed sampler here"
+            )
         self.accelerator, self.method, self.sampler = accelerator, method, sampler
         self.generator = generator
         self.window: list[tuple[Tensor, Tensor]] = []  # the window's (t, task) per micro-batch
@@ -86,13 +88,21 @@ class AcceleratedMTL:
         if self.counts is None:
             raise AntError("draw the micro-batch's timesteps with AcceleratedMTL.timesteps")
         if self.acc is None:
-            self.acc = Accumulation(self.method, model, self.counts, self.steps,
-                                    scaler=self.accelerator.scaler, keep_scaled=True)  # fmt: skip
+            self.acc = Accumulation(
+                self.method,
+                model,
+                self.counts,
+                self.steps,
+                scaler=self.accelerator.scaler,
+                keep_scaled=True,
+            )
         self.acc.add(loss_fn, task_ids)
         if not self.accelerator.sync_gradients:
             return None
         if self.window:
-            raise AntError(f"accelerate synced after {self.acc.seen} of {self.steps} micro-"
-                           "batches: make the loader's length a multiple of the steps")  # fmt: skip
+            raise AntError(
+                f"accelerate synced after {self.acc.seen} of {self.steps} micro-"
+                "batches: make the loader's length a multiple of the steps"
+            )
         info, self.acc, self.counts = self.acc.step(), None, None
         return info

@@ -149,9 +149,17 @@ class Accumulation:
         if self.keep_scaled:
             _keep_scaled(self.params, self.method, self.scale, finite)
         scaler = None if self.keep_scaled else self.scaler
-        return _finish(self.method, glob, weights, finite, self.present, scaler,
-                       self.params[0].device, refreshed=self.refresh,
-                       skip_ok=self.keep_scaled)  # fmt: skip
+        return _finish(
+            self.method,
+            glob,
+            weights,
+            finite,
+            self.present,
+            scaler,
+            self.params[0].device,
+            refreshed=self.refresh,
+            skip_ok=self.keep_scaled,
+        )
 
     def _combine(self, glob: Tensor, present: Tensor) -> tuple[Tensor, bool]:
         """Weights from the whole batch's losses (FAMO) or Gramian (a refresh), combined."""

@@ -88,9 +88,17 @@ def mtl_backward(
     losses, weights, finite = step(method, loss_fn, ids, counts, present, params, model, scale)
     if keep_scaled:
         _keep_scaled(params, method, scale, finite)
-    return _finish(method, losses, weights, finite, present, None if keep_scaled else scaler,
-                   params[0].device, refreshed=step is _refresh_step,
-                   skip_ok=keep_scaled)  # fmt: skip
+    return _finish(
+        method,
+        losses,
+        weights,
+        finite,
+        present,
+        None if keep_scaled else scaler,
+        params[0].device,
+        refreshed=step is _refresh_step,
+        skip_ok=keep_scaled,
+    )
 
 
 def _scale(scaler: torch.amp.GradScaler | None, device: torch.device) -> float:
@@ -271,12 +279,15 @@ def _check_inputs(
         raise AntError(f"task ids must lie in 0..{k - 1} (the method has {k} tasks)")
     local_counts = torch.bincount(task_ids.long().cpu(), minlength=k)
     if isinstance(method, GramianMethod) and is_fsdp(model):
-        raise AntError(f"{type(method).__name__} needs whole task gradients, which FSDP2 shards: "
-                       "use a loss-based method (mean, uw, famo) under FSDP")  # fmt: skip
+        raise AntError(
+            f"{type(method).__name__} needs whole task gradients, which FSDP2 shards: "
+            "use a loss-based method (mean, uw, famo) under FSDP"
+        )
     if task_counts is None:
         if world_of(model)[0] > 1:
-            raise AntError("under DDP or FSDP pass task_counts: the per-task counts of the "
-                           "GLOBAL batch")  # fmt: skip
+            raise AntError(
+                "under DDP or FSDP pass task_counts: the per-task counts of the GLOBAL batch"
+            )
         counts = local_counts
     else:
         counts = torch.as_tensor(task_counts).long().cpu()

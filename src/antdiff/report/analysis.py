@@ -44,10 +44,15 @@ def interval_labels(intervals: list[list[int]]) -> list[str]:
 def transfer_rows(r: dict[str, Any], pm: str) -> list[list[str]]:
     """Per interval: NTG, held-out gap, gap in %, specialist steps (mean `pm` std over seeds)."""
     return [
-        [label, _pm(r["ntg"], j, 3, pm), _pm(r["heldout_gap"], j, 5, pm),
-         _pm(r["heldout_gap_pct"], j, 1, pm), str(r["specialist_steps"][j])]
+        [
+            label,
+            _pm(r["ntg"], j, 3, pm),
+            _pm(r["heldout_gap"], j, 5, pm),
+            _pm(r["heldout_gap_pct"], j, 1, pm),
+            str(r["specialist_steps"][j]),
+        ]
         for j, label in enumerate(interval_labels(r["intervals"]))
-    ]  # fmt: skip
+    ]
 
 
 def transfer_section(folder: str | Path) -> Section | None:

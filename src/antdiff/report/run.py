@@ -44,17 +44,24 @@ EVAL_ROWS = {
 
 def evaluation_section(result: dict[str, Any]) -> Section:
     """The evaluation as a person reads it: a table of the numbers, the held-out chart."""
-    rows = [[k, f"{result[k]:.4g}", html.escape(v)] for k, v in EVAL_ROWS.items()
-            if isinstance(result.get(k), float | int)]  # fmt: skip
-    how = (f"{result.get('num_samples', '?')} samples at step {result.get('step', '?')}, "
-           f"{result.get('sampler')} sampler, {result.get('sample_steps')} steps, guidance "
-           f"{result.get('guidance')}, seed {result.get('seed')}.")  # fmt: skip
+    rows = [
+        [k, f"{result[k]:.4g}", html.escape(v)]
+        for k, v in EVAL_ROWS.items()
+        if isinstance(result.get(k), float | int)
+    ]
+    how = (
+        f"{result.get('num_samples', '?')} samples at step {result.get('step', '?')}, "
+        f"{result.get('sampler')} sampler, {result.get('sample_steps')} steps, guidance "
+        f"{result.get('guidance')}, seed {result.get('seed')}."
+    )
     body = f"<p>{html.escape(how)}</p>" + table(["metric", "value", "meaning"], rows)
     heldout = result.get("heldout")
     if heldout:
-        body += (f"<p>Held-out denoising loss (unweighted, on fixed image/t/noise triples from "
-                 f"images never trained on): {heldout['mean']:.5f} overall.</p>"
-                 + png(_heldout_bars(heldout["intervals"])))  # fmt: skip
+        body += (
+            f"<p>Held-out denoising loss (unweighted, on fixed image/t/noise triples from "
+            f"images never trained on): {heldout['mean']:.5f} overall.</p>"
+            + png(_heldout_bars(heldout["intervals"]))
+        )
     return "Evaluation", body
 
 
@@ -77,15 +84,17 @@ def tasks_section(run: RunDir, train_seconds: float, log_snr: np.ndarray) -> Sec
         return None
     t, arrays = found
     share = t["warmup_seconds"] / train_seconds if train_seconds else float("nan")
-    text = (f"The {t['k']} intervals were chosen at step {t['step']} by the exact DP with the "
-            f"task-affinity cost (Go et al. 2023, Sec. 4), from the gradient cosines of "
-            f"{t['bins']} timestep bins on a fixed probe of {t['probe']} training samples, "
-            f"measured on the raw weights at steps {', '.join(map(str, t['snapshots']))} and "
-            f"averaged. Intervals: {html.escape(str(t['intervals']))}. The warm-up (vanilla "
-            f"training up to step {t['step']}, the measurement included) took "
-            f"{t['warmup_seconds']:.1f} s of the run's {train_seconds:.1f} s of training "
-            f"({100 * share:.1f}%); the measurement itself "
-            f"{t['measure_seconds']:.1f} s.")  # fmt: skip
+    text = (
+        f"The {t['k']} intervals were chosen at step {t['step']} by the exact DP with the "
+        f"task-affinity cost (Go et al. 2023, Sec. 4), from the gradient cosines of "
+        f"{t['bins']} timestep bins on a fixed probe of {t['probe']} training samples, "
+        f"measured on the raw weights at steps {', '.join(map(str, t['snapshots']))} and "
+        f"averaged. Intervals: {html.escape(str(t['intervals']))}. The warm-up (vanilla "
+        f"training up to step {t['step']}, the measurement included) took "
+        f"{t['warmup_seconds']:.1f} s of the run's {train_seconds:.1f} s of training "
+        f"({100 * share:.1f}%); the measurement itself "
+        f"{t['measure_seconds']:.1f} s."
+    )
     edges = arrays["edges"]
     centre = ((edges[:-1] + edges[1:] - 1) // 2).astype(int)
     fig = plot_affinity(arrays["affinity"], edges, log_snr[centre])
@@ -105,8 +114,12 @@ def sampling_section(rows: list[dict[str, Any]], steps: int) -> Section | None:
         lo, hi = third * steps / 3, (third + 1) * steps / 3
         counts = sum((h for s, h in hists if lo < s <= hi), np.zeros(bins))
         if counts.sum():
-            ax.step(np.arange(bins) + 0.5, counts / counts.sum() * bins, where="mid",
-                    label=f"steps {int(lo)}-{int(hi)}")  # fmt: skip
+            ax.step(
+                np.arange(bins) + 0.5,
+                counts / counts.sum() * bins,
+                where="mid",
+                label=f"steps {int(lo)}-{int(hi)}",
+            )
     ax.set(xlabel=f"timestep t (in {bins} equal bins)", ylabel="density / uniform")
     ax.axhline(1.0, color="grey", lw=0.6)
     ax.legend(fontsize=7)
@@ -148,9 +161,11 @@ def write_report(run: RunDir) -> Path:
     config = [[html.escape(k), html.escape(str(v))] for k, v in cfg.to_dict().items()]
     sections.append(("Configuration", table(["key", "value"], config)))
     last = train_rows[-1] if train_rows else {}
-    summary = (f"{html.escape(cfg.method)} on {html.escape(cfg.dataset)}, {info.partition.k} "
-               f"tasks ({html.escape(cfg.clusters)}, {cfg.timestep_sampling} timestep sampling, "
-               f"weighting {html.escape(cfg.weighting)}); step {last.get('step', 0)} of "
-               f"{cfg.steps}, final loss {last.get('loss', float('nan')):.4f}")  # fmt: skip
+    summary = (
+        f"{html.escape(cfg.method)} on {html.escape(cfg.dataset)}, {info.partition.k} "
+        f"tasks ({html.escape(cfg.clusters)}, {cfg.timestep_sampling} timestep sampling, "
+        f"weighting {html.escape(cfg.weighting)}); step {last.get('step', 0)} of "
+        f"{cfg.steps}, final loss {last.get('loss', float('nan')):.4f}"
+    )
     run.report_html.write_text(page(f"antdiff run {run.path.name}", summary, sections))
     return run.report_html

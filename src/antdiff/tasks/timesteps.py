@@ -205,7 +205,8 @@ class LossAwareSampler(TimestepSampler):
         p = self.probabilities()
         widths = self.partition.widths.double()
         mass = torch.zeros(self.partition.k, dtype=torch.float64).index_add_(
-            0, self.partition.task_of(torch.arange(self.T)), p)  # fmt: skip
+            0, self.partition.task_of(torch.arange(self.T)), p
+        )
         t = t.cpu()
         return ((mass / widths)[self.partition.task_of(t)] / p[t]).float()
 
