@@ -77,6 +77,7 @@ def whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_the_warm_up_is_vanilla_and_the_tasks_come_from_the_measured_affinity(whole: Path):
     tasks = json.loads((whole / "tasks.json").read_text())
     assert tasks["step"] == 12 and tasks["snapshots"] == [4, 8, 12] and tasks["bins"] == 8
@@ -122,6 +123,7 @@ def _measured(n: int):
     return lambda marker: marker.is_file() and marker.read_text() == str(n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "when",
     [
@@ -155,6 +157,7 @@ def test_resume_is_exact_across_the_switch(whole: Path, tmp_path: Path, when: st
     )
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_the_measurement_included(tmp_path: Path) -> None:
     argv = [
         *AUTO,

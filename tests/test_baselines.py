@@ -186,6 +186,7 @@ def test_each_baseline_trains(tmp_path: Path, name: str, data: str) -> None:
     assert "Timestep sampling" in (run / "report.html").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["edm2", "loss-aware"])
 def test_resume_is_exact_with_the_baselines_state(tmp_path: Path, name: str) -> None:
     """EDM2's u network and the loss-aware history are checkpointed: stop at step 10 (a
@@ -202,6 +203,7 @@ def test_resume_is_exact_with_the_baselines_state(tmp_path: Path, name: str) -> 
         assert all(torch.equal(sa[key][k], sb[key][k]) for k in sa[key]), key
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path: Path) -> None:
     """EDM2's u gradients are averaged over ranks (its network is outside DDP); the loss-aware
     history is fed the global batch's losses on every rank."""

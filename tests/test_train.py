@@ -70,6 +70,7 @@ def test_uw_run_writes_the_run_directory(tmp_path) -> None:
     assert "Per-task loss" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["vanilla", "min-snr", "p2", "famo", "pcgrad", "nash"])
 def test_every_method_trains(tmp_path, method: str) -> None:
     out = run(tmp_path, method, method=method, steps=30)
@@ -78,6 +79,7 @@ def test_every_method_trains(tmp_path, method: str) -> None:
     assert all(torch.isfinite(v).all() for v in final_weights(out).values())
 
 
+@pytest.mark.slow
 def test_famo_same_batch_updates_its_logits_after_each_step(tmp_path) -> None:
     from antdiff.train import Trainer
 
@@ -111,6 +113,7 @@ def _kill_midway(cmd: list[str], run_dir: Path, rng: random.Random) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["uw", "pcgrad"])
 def test_resume_after_sigkill_is_bit_exact(tmp_path, method: str) -> None:
     steps = 40
@@ -220,6 +223,7 @@ def test_sample_and_export(tmp_path) -> None:
     assert images.shape == (2, 8, 8, 1)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_equal_one(tmp_path) -> None:
     for method in ("uw", "pcgrad"):
         flags = {
@@ -240,6 +244,7 @@ def test_ddp_two_processes_equal_one(tmp_path) -> None:
         assert_same_weights(one, tmp_path / f"two-{method}")
 
 
+@pytest.mark.slow
 def test_evaluate_json_and_eval_every(tmp_path, capsys) -> None:
     out = run(tmp_path, "ev", method="uw", steps=4, eval_every=2, eval_num=130)
     evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -295,6 +300,7 @@ def test_dit_model_trains(tmp_path) -> None:
     assert all(torch.isfinite(v).all() for v in final_weights(out).values())
 
 
+@pytest.mark.slow
 def test_latent_training_decodes_samples(tmp_path, tiny_vae) -> None:
     out = run(tmp_path, "ldm", vae=tiny_vae, steps=3, num_samples=4)
     meta = json.loads((out / "run.json").read_text())
