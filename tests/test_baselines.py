@@ -173,6 +173,7 @@ BASELINES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BASELINES))
 @pytest.mark.parametrize("data", ["digits", "toy"])
 def test_each_baseline_trains(tmp_path: Path, name: str, data: str) -> None:

@@ -311,6 +311,7 @@ def test_latent_training_decodes_samples(tmp_path, tiny_vae) -> None:
     assert x.shape == (3, 1, 8, 8)  # decoded back to pixels
 
 
+@pytest.mark.slow
 def test_evaluate_bad_input(tmp_path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert main(["evaluate", "--run", str(tmp_path / "empty")]) == 2  # not a run directory
