@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from antdiff import build, distributed
-from antdiff.analysis.gradients import affinity_matrix
-from antdiff.analysis.sketch import block_seed
-from antdiff.autoclusters import SKETCH_DIM, AutoClusters
+from antdiff.affinity.auto import SKETCH_DIM, AutoClusters
+from antdiff.affinity.gradients import affinity_matrix
+from antdiff.affinity.sketch import block_seed
 from antdiff.cli import train_config
 from antdiff.tasks import IntervalPartition, cluster_timesteps
 from antdiff.train import Trainer
@@ -60,7 +60,7 @@ class ReclusteringTrainer(Trainer):
         row = super().train_step()
         switched = self.auto is None and self.parts.info.clustering_cost == "affinity"
         if switched and self.meter is None:  # the warm-up's measurement set, kept for re-use
-            self.meter = AutoClusters(self.cfg, self.parts.data, self.parts.schedule)
+            self.meter = build.affinity_measurement(self.cfg, self.parts.data, self.parts.schedule)
             self.switch, self.changes = self.step, []
         if switched and self.step > self.switch and (self.step - self.switch) % self.every == 0:
             self.recluster()

@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from antdiff.autoclusters import WARMUP, AutoClusters, is_auto
-from antdiff.config import VANILLA, TrainConfig, timestep_range
+from antdiff.affinity.auto import AutoClusters, AutoSettings
+from antdiff.config import VANILLA, TrainConfig, affinity_warmup, timestep_range
 from antdiff.data import Dataset, load_dataset
 from antdiff.diffusion import FixedWeighting, FlowPath, NoiseSchedule, Schedule, sample_weighting
 from antdiff.errors import AntError
@@ -57,11 +57,29 @@ def schedule(cfg: TrainConfig) -> Schedule:
 
 def clustering(cfg: TrainConfig, noise: Schedule) -> Clustering:
     """The interval tasks of `--clusters`, by the exact DP on the run's schedule; for
-    affinity:K:auto the K provisional equal intervals of its warm-up (autoclusters.py)."""
-    if is_auto(cfg):
-        k = ClusterSpec.parse(cfg.clusters).k
-        return replace(cluster_timesteps("timestep", k, noise), cost=WARMUP)
+    affinity:K:auto the K provisional equal intervals of its warm-up (antdiff.affinity.auto)."""
+    spec = ClusterSpec.parse(cfg.clusters)
+    if spec.auto:
+        return cluster_timesteps("timestep", spec.k, noise)
     return clustering_from_spec(cfg.clusters, noise)
+
+
+def affinity_measurement(cfg: TrainConfig, data: Dataset, noise: Schedule) -> AutoClusters:
+    """The online affinity measurement of an affinity:K:auto run, set up from its config."""
+    settings = AutoSettings(
+        k=ClusterSpec.parse(cfg.clusters).k,
+        warmup=affinity_warmup(cfg),
+        snapshots=cfg.affinity_snapshots,
+        bins=cfg.affinity_bins,
+        probe=cfg.affinity_probe,
+        steps=cfg.steps,
+        timesteps=cfg.timesteps,
+        prediction=cfg.prediction,
+        micro_batch=cfg.batch_size,
+        conditional=cfg.conditional,
+        seed=cfg.seed,
+    )
+    return AutoClusters(settings, data, noise)
 
 
 def auto_model(data: Dataset) -> str:
@@ -81,6 +99,7 @@ def run_info(cfg: TrainConfig, data: Dataset, tasks: Clustering) -> RunInfo:
         num_train=len(data),
         partition=tasks.partition,
         clustering_cost=tasks.cost,
+        warming_up=ClusterSpec.parse(cfg.clusters).auto,
     )
 
 
@@ -130,7 +149,7 @@ def tasks(
 ) -> tuple[TimestepSampler, MTLMethod, FixedWeighting]:
     """What trains over the run's tasks: the timestep sampler, the MTL method and the per-sample
     loss weighting (`--weighting`); vanilla's while an affinity:K:auto run warms up."""
-    if info.clustering_cost == WARMUP:
+    if info.warming_up:
         cfg = replace(cfg, **VANILLA, method_options={})
     weighting = sample_weighting(cfg.weighting, cfg.prediction, noise)
     sampler = timestep_sampler(cfg, info.partition)
@@ -163,5 +182,5 @@ def components(cfg: TrainConfig, info: RunInfo | None = None) -> Components:
     info = info or run_info(cfg, data, clustering(cfg, noise))
     net = model(cfg, info)
     sampler, method, weighting = tasks(cfg, info, noise)
-    auto = AutoClusters(cfg, data, noise) if info.clustering_cost == WARMUP else None
+    auto = affinity_measurement(cfg, data, noise) if info.warming_up else None
     return Components(data, heldout, info, noise, sampler, net, method, weighting, auto)
