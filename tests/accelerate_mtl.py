@@ -41,7 +41,7 @@ def make_model() -> nn.Module:
 class FixedTasks:
     """A timestep sampler whose windows are this rank's share of IDS (t = the sample's index)."""
 
-    observes = False
+    needs_losses = False
 
     def __init__(self, rank: int, world: int) -> None:
         share = GLOBAL // world

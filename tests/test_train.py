@@ -92,10 +92,12 @@ def test_famo_same_batch_updates_its_logits_after_each_step(tmp_path) -> None:
     )
     trainer = Trainer.start(cfg)
     seen = []
-    observe = trainer.method.observe
-    trainer.method.observe = lambda losses, present: seen.append(losses) or observe(losses, present)
+    observe = trainer.parts.method.observe
+    trainer.parts.method.observe = lambda losses, present: (
+        seen.append(losses) or observe(losses, present)
+    )
     rows = [trainer.train_step() for _ in range(3)]
-    assert len(seen) == 3 and trainer.method.logits.abs().sum() > 0
+    assert len(seen) == 3 and trainer.parts.method.logits.abs().sum() > 0
     # each observed loss is the step's own batch after its update: on average below the step's
     assert sum(float(a.mean()) for a in seen) < sum(sum(r["task_losses"]) / 5 for r in rows)
 

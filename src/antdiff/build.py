@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from antdiff.autoclusters import WARMUP, AutoClusters, is_auto
-from antdiff.config import VANILLA, TrainConfig, timestep_range
+from antdiff.config import VANILLA, TrainConfig
 from antdiff.data import Dataset, load_dataset
-from antdiff.diffusion import FixedWeighting, FlowPath, NoiseSchedule, Schedule, sample_weighting
+from antdiff.diffusion import FlowPath, NoiseSchedule, Schedule, Weighting, sample_weighting
 from antdiff.errors import AntError
 from antdiff.models import Denoiser, build_model
 from antdiff.mtl import MTLMethod, build_method
@@ -30,6 +30,7 @@ from antdiff.tasks import (
     cluster_timesteps,
     clustering_from_spec,
 )
+from antdiff.validation import timestep_range
 
 
 def load_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
@@ -55,13 +56,13 @@ def schedule(cfg: TrainConfig) -> Schedule:
     return NoiseSchedule.from_name(cfg.schedule, cfg.timesteps)
 
 
-def clustering(cfg: TrainConfig, noise: Schedule) -> Clustering:
+def clustering(cfg: TrainConfig, schedule: Schedule) -> Clustering:
     """The interval tasks of `--clusters`, by the exact DP on the run's schedule; for
     affinity:K:auto the K provisional equal intervals of its warm-up (autoclusters.py)."""
     if is_auto(cfg):
         k = ClusterSpec.parse(cfg.clusters).k
-        return replace(cluster_timesteps("timestep", k, noise), cost=WARMUP)
-    return clustering_from_spec(cfg.clusters, noise)
+        return replace(cluster_timesteps("timestep", k, schedule), cost=WARMUP)
+    return clustering_from_spec(cfg.clusters, schedule)
 
 
 def auto_model(data: Dataset) -> str:
@@ -86,7 +87,7 @@ def run_info(cfg: TrainConfig, data: Dataset, tasks: Clustering) -> RunInfo:
 
 def timestep_sampler(cfg: TrainConfig, partition: IntervalPartition) -> TimestepSampler:
     """`--timestep-sampling` over the tasks, or only `--timestep-range` (a specialist)."""
-    bounds = timestep_range(cfg)
+    bounds = timestep_range(cfg.timestep_range, cfg.timesteps)
     if bounds is not None:
         return RangeSampler(bounds, partition)
     if cfg.batch_size < partition.k and cfg.timestep_sampling == "stratified":
@@ -126,15 +127,15 @@ def trained_model(
 
 
 def tasks(
-    cfg: TrainConfig, info: RunInfo, noise: Schedule
-) -> tuple[TimestepSampler, MTLMethod, FixedWeighting]:
+    cfg: TrainConfig, info: RunInfo, schedule: Schedule
+) -> tuple[TimestepSampler, MTLMethod, Weighting]:
     """What trains over the run's tasks: the timestep sampler, the MTL method and the per-sample
     loss weighting (`--weighting`); vanilla's while an affinity:K:auto run warms up."""
     if info.clustering_cost == WARMUP:
         cfg = replace(cfg, **VANILLA, method_options={})
-    weighting = sample_weighting(cfg.weighting, cfg.prediction, noise)
-    sampler = timestep_sampler(cfg, info.partition)
-    return sampler, build_method(cfg.method, info.partition.k, **cfg.method_options), weighting
+    weighting = sample_weighting(cfg.weighting, cfg.prediction, schedule)
+    method = build_method(cfg.method, info.partition.k, **cfg.method_options)
+    return timestep_sampler(cfg, info.partition), method, weighting
 
 
 @dataclass
@@ -145,10 +146,10 @@ class Components:
     heldout: Dataset | None
     info: RunInfo
     schedule: Schedule
-    sampler: TimestepSampler
+    timestep_sampler: TimestepSampler
     model: Denoiser
     method: MTLMethod
-    weighting: FixedWeighting
+    weighting: Weighting
     auto: AutoClusters | None = None  # affinity:K:auto while it warms up
 
     @property
@@ -159,9 +160,18 @@ class Components:
 def components(cfg: TrainConfig, info: RunInfo | None = None) -> Components:
     """Everything a run trains with; `info` (a resumed run's record) fixes the tasks it chose."""
     data, heldout = load_data(cfg)
-    noise = schedule(cfg)
-    info = info or run_info(cfg, data, clustering(cfg, noise))
+    return _components(cfg, data, heldout, schedule(cfg), info)
+
+
+def _components(
+    cfg: TrainConfig,
+    data: Dataset,
+    heldout: Dataset | None,
+    schedule: Schedule,
+    info: RunInfo | None,
+) -> Components:
+    info = info or run_info(cfg, data, clustering(cfg, schedule))
     net = model(cfg, info)
-    sampler, method, weighting = tasks(cfg, info, noise)
-    auto = AutoClusters(cfg, data, noise) if info.clustering_cost == WARMUP else None
-    return Components(data, heldout, info, noise, sampler, net, method, weighting, auto)
+    sampler, method, weighting = tasks(cfg, info, schedule)
+    auto = AutoClusters(cfg, data, schedule) if info.clustering_cost == WARMUP else None
+    return Components(data, heldout, info, schedule, sampler, net, method, weighting, auto)

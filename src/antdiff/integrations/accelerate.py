@@ -52,7 +52,7 @@ class AcceleratedMTL:
                 "DeepSpeed is not supported: its ZeRO stages partition gradients "
                 "outside autograd, so the MTL update cannot be written exactly"
             )
-        if sampler.observes:
+        if sampler.needs_losses:
             raise AntError(
                 f"{sampler.name} timestep sampling learns from the trainer's losses: "
                 "use it with `antdiff train`, or a fixed sampler here"
