@@ -104,5 +104,5 @@ class AcceleratedMTL:
                 f"accelerate synced after {self.acc.seen} of {self.steps} micro-"
                 "batches: make the loader's length a multiple of the steps"
             )
-        info, self.acc, self.counts = self.acc.step(), None, None
-        return info
+        step_info, self.acc, self.counts = self.acc.step(), None, None
+        return step_info
