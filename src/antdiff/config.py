@@ -17,7 +17,7 @@ from typing import Any
 
 from antdiff.diffusion.loss import VELOCITY
 from antdiff.errors import AntError
-from antdiff.validation import affinity_warmup as affinity_warmup  # re-exported: its home was here
+from antdiff.validation import affinity_warmup as affinity_warmup  # part of the config API
 from antdiff.validation import check_type, validate
 
 

@@ -42,7 +42,8 @@ EvalFn = Callable[[nn.Module], dict[str, Any]]
 
 
 class Trainer:
-    """Holds the components of one run; `fit()` runs the loop."""
+    """One run: its state (trainstate.py), its run directory and processes; `fit()` runs the
+    loop."""
 
     def __init__(
         self,
