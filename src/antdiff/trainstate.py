@@ -31,6 +31,8 @@ from antdiff.tasks import TimestepSampler
 
 
 class Stateful(Protocol):
+    """A checkpoint part, by torch's convention."""
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
