@@ -88,13 +88,11 @@ class ReclusteringTrainer(Trainer):
         if chosen.partition == old:
             return
         info = dataclasses.replace(self.parts.info, partition=chosen.partition)
-        sampler, method, _ = build.tasks(self.cfg, info, self.parts.schedule)
+        timestep_sampler, method, _ = build.tasks(self.cfg, info, self.parts.schedule)
         with torch.no_grad():
-            method.log_vars.copy_(carried_log_vars(old, chosen.partition, self.method.log_vars))
-        self.method = method.to(self.dist.device)
-        self.parts = dataclasses.replace(self.parts, info=info, sampler=sampler, method=method)
-        for group in method.param_groups():
-            self.optimizer.add_param_group(group)
+            old_log_vars = self.parts.method.log_vars
+            method.log_vars.copy_(carried_log_vars(old, chosen.partition, old_log_vars))
+        self.state.use_tasks(info, timestep_sampler, method, self.parts.weighting)
 
 
 def main(argv: list[str] | None = None) -> int:

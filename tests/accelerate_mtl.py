@@ -41,7 +41,7 @@ def make_model() -> nn.Module:
 class FixedTasks:
     """A timestep sampler whose windows are this rank's share of IDS (t = the sample's index)."""
 
-    observes = False
+    needs_losses = False
 
     def __init__(self, rank: int, world: int) -> None:
         share = GLOBAL // world
@@ -99,8 +99,8 @@ def accelerated(name: str, clip: float, scaler: bool) -> tuple[list[torch.Tensor
             with accelerator.accumulate(model):
                 t, ids = ant.timesteps(micro)
                 loss_fn = loss_of(model, x[t], y[t] * (float("inf") if overflow else 1.0), ids)
-                info = ant.backward(loss_fn, ids, model)
-                assert (info is None) == (m < MICRO - 1)
+                step_info = ant.backward(loss_fn, ids, model)
+                assert (step_info is None) == (m < MICRO - 1)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), clip)
                 opt.step()

@@ -19,11 +19,12 @@ import torch
 
 from antdiff import checkpoint
 from antdiff.cli import main, train_config
-from antdiff.config import TrainConfig, affinity_warmup
+from antdiff.config import TrainConfig
 from antdiff.diffusion import NoiseSchedule
 from antdiff.errors import AntError
 from antdiff.tasks import cluster_timesteps
 from antdiff.train import Trainer
+from antdiff.validation import affinity_warmup
 from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
 
 AUTO = [

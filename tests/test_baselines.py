@@ -92,8 +92,8 @@ def test_loss_aware_is_uniform_until_full_then_unbiased() -> None:
     assert s.probabilities().tolist() == [1 / T] * T and s.importance(torch.arange(3)).eq(1).all()
     loss = torch.linspace(0.01, 3.0, T, dtype=torch.float64) ** 2  # L_t, one value per t
     t = torch.arange(T)
-    s.observe(t, loss + 5)  # older: pushed out by the next two
-    s.observe(torch.cat([t, t]), torch.cat([loss, loss]))
+    s.after_step(t, loss + 5, torch.ones(PART.k))  # older: pushed out by the next two
+    s.after_step(torch.cat([t, t]), torch.cat([loss, loss]), torch.ones(PART.k))
     p = s.probabilities()
     expected = loss / loss.sum() * (1 - s.UNIFORM) + s.UNIFORM / T  # sqrt(E[L^2]) = L
     torch.testing.assert_close(p, expected)

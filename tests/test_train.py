@@ -18,6 +18,7 @@ from antdiff.api import train
 from antdiff.cli import main
 from antdiff.config import make_config
 from antdiff.errors import AntError
+from antdiff.train import Trainer
 from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
 
 FAST = {
@@ -81,8 +82,6 @@ def test_every_method_trains(tmp_path, method: str) -> None:
 
 @pytest.mark.slow
 def test_famo_same_batch_updates_its_logits_after_each_step(tmp_path) -> None:
-    from antdiff.train import Trainer
-
     cfg = make_config(
         {
             **FAST,
@@ -94,10 +93,12 @@ def test_famo_same_batch_updates_its_logits_after_each_step(tmp_path) -> None:
     )
     trainer = Trainer.start(cfg)
     seen = []
-    observe = trainer.method.observe
-    trainer.method.observe = lambda losses, present: seen.append(losses) or observe(losses, present)
+    observe = trainer.parts.method.observe
+    trainer.parts.method.observe = lambda losses, present: (
+        seen.append(losses) or observe(losses, present)
+    )
     rows = [trainer.train_step() for _ in range(3)]
-    assert len(seen) == 3 and trainer.method.logits.abs().sum() > 0
+    assert len(seen) == 3 and trainer.parts.method.logits.abs().sum() > 0
     # each observed loss is the step's own batch after its update: on average below the step's
     assert sum(float(a.mean()) for a in seen) < sum(sum(r["task_losses"]) / 5 for r in rows)
 
@@ -111,6 +112,30 @@ def _kill_midway(cmd: list[str], run_dir: Path, rng: random.Random) -> None:
     time.sleep(rng.uniform(0.0, 1.0))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+@pytest.mark.parametrize("sampling", ["stratified", "loss-aware"])
+def test_the_timestep_sampler_hears_after_every_step(tmp_path, sampling: str) -> None:
+    over = {"out": str(tmp_path / sampling), "steps": 2, "timestep_sampling": sampling}
+    cfg = make_config({**FAST, **over})
+    heard = []
+    with Trainer.start(cfg) as trainer:
+        sampler = trainer.parts.timestep_sampler
+        after_step = sampler.after_step
+
+        def spy(t: torch.Tensor, losses: torch.Tensor | None, weights: torch.Tensor) -> None:
+            heard.append((t, losses, weights))
+            after_step(t, losses, weights)
+
+        sampler.after_step = spy
+        rows = [trainer.train_step() for _ in range(2)]
+    assert len(heard) == 2
+    for (t, losses, weights), row in zip(heard, rows, strict=True):
+        assert t.shape == (FAST["batch_size"],)
+        assert (losses is None) == (sampling == "stratified")  # gathered only when needed
+        assert losses is None or (losses.shape == t.shape and torch.isfinite(losses).all())
+        assert weights.shape == (5,)
+        assert weights.tolist() == pytest.approx(row["task_weights"], abs=1e-6)
 
 
 @pytest.mark.slow

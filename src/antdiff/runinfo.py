@@ -30,12 +30,6 @@ class RunInfo:
     # affinity:K:auto before its tasks are chosen: vanilla training over provisional intervals
     warming_up: bool = False
 
-    def __post_init__(self) -> None:
-        # The tasks chosen from the measured affinity end the warm-up (so a record updated with
-        # only the chosen partition and cost is no longer warming up).
-        if self.warming_up and self.clustering_cost == "affinity":
-            object.__setattr__(self, "warming_up", False)
-
     @property
     def size(self) -> int:
         """Side length of images or latents; 0 for points."""

@@ -99,8 +99,6 @@ class AutoClusters:
             return None
         return cluster_timesteps("affinity", self.k, self.schedule, self.affinity)
 
-    observe = measure_if_due  # the former name, kept for callers not yet renamed
-
     @property
     def affinity(self) -> np.ndarray:
         """The mean of the snapshots, rounded (see the module docstring)."""

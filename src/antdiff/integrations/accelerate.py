@@ -52,7 +52,7 @@ class AcceleratedMTL:
                 "DeepSpeed is not supported: its ZeRO stages partition gradients "
                 "outside autograd, so the MTL update cannot be written exactly"
             )
-        if sampler.observes:
+        if sampler.needs_losses:
             raise AntError(
                 f"{sampler.name} timestep sampling learns from the trainer's losses: "
                 "use it with `antdiff train`, or a fixed sampler here"
@@ -104,5 +104,5 @@ class AcceleratedMTL:
                 f"accelerate synced after {self.acc.seen} of {self.steps} micro-"
                 "batches: make the loader's length a multiple of the steps"
             )
-        info, self.acc, self.counts = self.acc.step(), None, None
-        return info
+        step_info, self.acc, self.counts = self.acc.step(), None, None
+        return step_info
