@@ -18,7 +18,7 @@ FMT_ESCAPE = r"#\s*fmt:\s*(skip|off)"
 # Bottom to top, by folder (a package) or top-level module: a module may import its own layer's
 # or lower layers' modules only.
 LAYERS = [
-    {"errors"},
+    {"errors", "options"},
     {
         "distributed",
         "checkpoint",

@@ -126,13 +126,23 @@ def test_spec_parsing_and_errors() -> None:
     assert build_weighting("p2:k=2").params == {"gamma": 1.0, "k": 2.0}
     assert str(build_weighting("p2:gamma=0.5,k=1", "v")) == "p2:gamma=0.5,k=1"
     assert build_weighting("soft-min-snr", "epsilon").prediction == "epsilon"
+    # positional values are the declared parameters in order: both spellings give one object
+    assert build_weighting("p2:0.5,2") == build_weighting("p2:gamma=0.5,k=2")
+    assert build_weighting("p2:0.5,k=2") == build_weighting("p2:k=2,gamma=0.5")
+    assert build_weighting("edm2:lr=0.01").learned and not build_weighting("min-snr").learned
     for bad, match in [
         ("max-snr", "unknown loss weighting"),
-        ("min-snr:beta=2", "bad parameter"),
+        ("min-snr:beta=2", r"unknown option\(s\) beta; valid: gamma"),
         ("min-snr:gamma=x", "must be a number"),
-        ("min-snr:0", "gamma must be > 0"),
-        ("p2:k=0", "k must be > 0"),
-        ("constant:1", "bad parameter"),
+        ("min-snr:0", r"gamma must be a number in \(0, 10000\], got '0'"),
+        ("p2:k=0", r"k must be a number in \[0.01, 100\]"),
+        ("p2:gamma=1e308", r"weighting p2: gamma must be a number in \(0, 10\]"),
+        ("p2:1,2,3", "takes at most 2 parameter"),
+        ("min-snr:gamma=5,gamma=1", "gamma is given twice"),
+        ("min-snr:gamma=nan", "gamma must be a number"),
+        ("debiased:max_snr=1e-300", r"max_snr must be a number in \[0.001, 1e\+06\]"),
+        ("edm2:lr=inf", r"lr must be a number in \[0, 1\]"),
+        ("constant:1", "takes no parameters"),
     ]:
         with pytest.raises(AntError, match=match):
             build_weighting(bad)

@@ -29,6 +29,7 @@ from antdiff.tasks import (
     build_timestep_sampler,
     cluster_timesteps,
     clustering_from_spec,
+    timestep_sampling,
 )
 from antdiff.validation import affinity_warmup, timestep_range
 
@@ -109,10 +110,11 @@ def timestep_sampler(cfg: TrainConfig, partition: IntervalPartition) -> Timestep
     bounds = timestep_range(cfg.timestep_range, cfg.timesteps)
     if bounds is not None:
         return RangeSampler(bounds, partition)
-    if cfg.batch_size < partition.k and cfg.timestep_sampling == "stratified":
+    sampler, _ = timestep_sampling(cfg.timestep_sampling)
+    if cfg.batch_size < partition.k and sampler.stratified:
         raise AntError(
             f"batch size {cfg.batch_size} is smaller than the number of tasks K="
-            f"{partition.k}: stratified sampling needs at least one sample per task"
+            f"{partition.k}: {sampler.name} sampling needs at least one sample per task"
         )
     return build_timestep_sampler(cfg.timestep_sampling, partition)
 

@@ -18,10 +18,19 @@ from antdiff.diffusion.samplers import DDPM_SAMPLERS, FLOW_SAMPLERS
 from antdiff.diffusion.schedule import SCHEDULES
 from antdiff.diffusion.weighting import build_weighting
 from antdiff.errors import AntError
-from antdiff.mtl import METHODS, TORCHJD_PREFIX, GramianMethod, build_method
-from antdiff.tasks import ClusterSpec, IntervalPartition, build_timestep_sampler, check_size
+from antdiff.mtl import METHODS, TORCHJD_PREFIX, build_method
+from antdiff.options import Param
+from antdiff.tasks import (
+    ClusterSpec,
+    IntervalPartition,
+    build_timestep_sampler,
+    check_size,
+    timestep_sampling,
+)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: SD3's shift of flow matching's t; far outside this range the sampler's sigmas collapse
+FLOW_SHIFT = Param("flow_shift", float, 1.0, 0.01, 100.0)
 OBJECTIVES = ("ddpm", "flow")
 
 #: a config.TrainConfig; read by field name only (this module sits below config.py)
@@ -66,8 +75,7 @@ def validate(cfg: Config, shorthands: Iterable[str] = ()) -> None:
             raise AntError(f"unknown {name} {value!r}{kind}; choose from {', '.join(names)}")
     if flow and cfg.schedule != "linear":
         raise AntError("--schedule is DDPM's noise schedule; flow matching's is --flow-shift")
-    if not (math.isfinite(cfg.flow_shift) and cfg.flow_shift > 0):
-        raise AntError(f"flow_shift must be a finite number > 0, got {cfg.flow_shift}")
+    FLOW_SHIFT.check("--flow-shift", cfg.flow_shift)
     if not flow and cfg.flow_shift != 1.0:
         raise AntError("--flow-shift shifts flow matching's t: use it with --objective flow")
     check_size(cfg.timesteps)
@@ -119,19 +127,21 @@ def _check_method(cfg: Config, k: int, shorthands: Iterable[str]) -> None:
     if cfg.method not in METHODS and not cfg.method.startswith(TORCHJD_PREFIX):
         names = ", ".join([*shorthands, *METHODS, TORCHJD_PREFIX + "NAME"])
         raise AntError(f"unknown method {cfg.method!r}; choose from {names}")
-    shaped = cfg.timestep_sampling.split(":")[0] not in ("uniform", "stratified")
-    if cfg.method == "mean" and k > 1 and shaped:
+    sampler, _ = timestep_sampling(cfg.timestep_sampling)
+    method = build_method(cfg.method, k, **cfg.method_options)
+    if method.equal_task_weights and k > 1 and sampler.shapes_density:
         raise AntError(
-            f"--method mean averages the {k} interval losses, which undoes the weight "
+            f"--method {cfg.method} averages the {k} interval losses, which undoes the weight "
             f"--timestep-sampling {cfg.timestep_sampling} gives the intervals; use --clusters "
             "timestep:1 (one task: the plain mean over the samples)"
         )
-    method = build_method(cfg.method, k, **cfg.method_options)
-    learned = build_weighting(cfg.weighting, cfg.prediction).name == "edm2"
-    if learned and isinstance(method, GramianMethod):  # u would get no combined gradient
-        raise AntError(f"the edm2 weighting trains with loss-based methods, not {cfg.method}")
-    if learned and cfg.precision == "fp16":  # the loss scaler unscales the model's grads only
-        raise AntError("the edm2 weighting trains in fp32 or bf16, not fp16")
+    weighting = build_weighting(cfg.weighting, cfg.prediction)
+    if weighting.learned and method.per_task_gradients:  # it would get no combined gradient
+        raise AntError(
+            f"the {weighting.name} weighting trains with loss-based methods, not {cfg.method}"
+        )
+    if weighting.learned and cfg.precision == "fp16":  # the scaler unscales the model's only
+        raise AntError(f"the {weighting.name} weighting trains in fp32 or bf16, not fp16")
 
 
 def affinity_warmup(cfg: Config) -> int:

@@ -49,17 +49,7 @@ from antdiff.diffusion.flow import FlowPath
 from antdiff.diffusion.loss import check_prediction
 from antdiff.diffusion.schedule import NoiseSchedule
 from antdiff.errors import AntError
-
-DEFAULTS: dict[str, dict[str, float]] = {
-    "constant": {},
-    "min-snr": {"gamma": 5.0},
-    "soft-min-snr": {"gamma": 5.0},
-    "p2": {"gamma": 1.0, "k": 1.0},
-    "debiased": {"max_snr": 1000.0},
-    "sigma-sqrt": {},
-    "cosmap": {},
-    "edm2": {"lr": 0.0},  # the learning rate of u's own group; 0: the model's
-}
+from antdiff.options import Param, options_help, parse_options
 
 
 def _sigma(snr: Tensor) -> Tensor:
@@ -122,17 +112,36 @@ def _cosmap(snr: Tensor, pred: str, **_: float) -> Tensor:
     return 2.0 / (math.pi * (1.0 - 2.0 * sigma + 2.0 * sigma**2))
 
 
-FLOW_ONLY = ("sigma-sqrt", "cosmap")
-WEIGHTINGS: dict[str, Callable[..., Tensor]] = {
-    "constant": _constant,
-    "min-snr": _min_snr,
-    "soft-min-snr": _soft_min_snr,
-    "p2": _p2,
-    "debiased": _debiased,
-    "sigma-sqrt": _sigma_sqrt,
-    "cosmap": _cosmap,
-    "edm2": _constant,
+@dataclass(frozen=True)
+class WeightingKind:
+    """What a weighting declares: its x0-space formula, its options (checked by
+    `antdiff.options`), whether it is flow matching's only, and whether it `learns` (EDM2's
+    trainable log-variance: refused with Gramian methods and fp16, see validation)."""
+
+    formula: Callable[..., Tensor]
+    params: tuple[Param, ...] = ()
+    flow_only: bool = False
+    learned: bool = False
+
+
+KINDS: dict[str, WeightingKind] = {
+    "constant": WeightingKind(_constant),
+    "min-snr": WeightingKind(_min_snr, (Param("gamma", float, 5.0, 0, 1e4, open_low=True),)),
+    "soft-min-snr": WeightingKind(
+        _soft_min_snr, (Param("gamma", float, 5.0, 0, 1e4, open_low=True),)
+    ),
+    "p2": WeightingKind(
+        _p2,
+        (Param("gamma", float, 1.0, 0, 10, open_low=True), Param("k", float, 1.0, 1e-2, 1e2)),
+    ),
+    "debiased": WeightingKind(_debiased, (Param("max_snr", float, 1000.0, 1e-3, 1e6),)),
+    "sigma-sqrt": WeightingKind(_sigma_sqrt, flow_only=True),
+    "cosmap": WeightingKind(_cosmap, flow_only=True),
+    # lr: the learning rate of u's own optimizer group; 0: the model's
+    "edm2": WeightingKind(_constant, (Param("lr", float, 0.0, 0, 1),), learned=True),
 }
+WEIGHTINGS: dict[str, Callable[..., Tensor]] = {name: k.formula for name, k in KINDS.items()}
+FLOW_ONLY = tuple(name for name, k in KINDS.items() if k.flow_only)
 
 
 @dataclass(frozen=True)
@@ -155,6 +164,11 @@ class LossWeighting:
         each bin's centre, so the weighting is piecewise constant over 1/T of t)."""
         return self(schedule.snr.to(torch.float64))
 
+    @property
+    def learned(self) -> bool:
+        """Whether it trains parameters of its own (EDM2's log-variance)."""
+        return KINDS[self.name].learned
+
     def __str__(self) -> str:
         args = ",".join(f"{k}={v:g}" for k, v in self.params.items())
         return f"{self.name}:{args}" if args else self.name
@@ -163,33 +177,21 @@ class LossWeighting:
 def build_weighting(spec: str, prediction: str = "epsilon") -> LossWeighting:
     """Parse 'min-snr', 'min-snr:5', 'min-snr:gamma=5', 'p2:gamma=0.5,k=1', 'soft-min-snr:4'."""
     name, _, args = spec.strip().partition(":")
-    if name not in WEIGHTINGS:
-        raise AntError(f"unknown loss weighting {name!r}; choose from {', '.join(WEIGHTINGS)}")
+    kind = KINDS.get(name)
+    if kind is None:
+        raise AntError(f"unknown loss weighting {name!r}; choose from {', '.join(KINDS)}")
     check_prediction(prediction)
-    if name in FLOW_ONLY and prediction != "velocity":
+    if kind.flow_only and prediction != "velocity":
         raise AntError(f"the {name} weighting is flow matching's (SD3): use --objective flow")
-    params = dict(DEFAULTS[name])
-    for i, item in enumerate(a for a in args.split(",") if a.strip()):
-        key, eq, value = item.partition("=")
-        if not eq:  # a bare number is the first parameter (gamma)
-            key, value = (next(iter(params), ""), key) if i == 0 else ("", key)
-        key = key.strip()
-        if key not in params:
-            valid = ", ".join(params) or "none"
-            raise AntError(f"bad parameter {item.strip()!r} for {name}; valid: {valid}")
-        try:
-            params[key] = float(value)
-        except ValueError:
-            raise AntError(f"{name} {key} must be a number, got {value.strip()!r}") from None
-    if "gamma" in params and not params["gamma"] > 0:
-        raise AntError(f"{name} gamma must be > 0, got {params['gamma']:g}")
-    if "max_snr" in params and not params["max_snr"] > 0:
-        raise AntError(f"debiased max_snr must be > 0, got {params['max_snr']:g}")
-    if "lr" in params and not params["lr"] >= 0:
-        raise AntError(f"edm2 lr must be >= 0 (0: the model's), got {params['lr']:g}")
-    if "k" in params and not params["k"] > 0:
-        raise AntError(f"p2 k must be > 0 (k = 0 is infinite at SNR = 0), got {params['k']:g}")
+    params = parse_options(f"weighting {name}", kind.params, args)
     return LossWeighting(name, prediction, params)
+
+
+def weighting_help() -> str:
+    """Each weighting with its declared options (for the help text)."""
+    return "; ".join(
+        f"{name}: {options_help(k.params)}" if k.params else name for name, k in KINDS.items()
+    )
 
 
 class Weighting(nn.Module):
@@ -253,6 +255,6 @@ def sample_weighting(spec: str, prediction: str, schedule: NoiseSchedule | FlowP
     """The per-sample weighting `--weighting` (a module: EDM2's has parameters)."""
     weighting = build_weighting(spec, prediction)
     table = weighting.precompute(schedule)
-    if weighting.name == "edm2":
+    if weighting.learned:
         return LearnedWeighting(table, schedule.log_snr, lr=weighting.params["lr"])
     return FixedWeighting(table)

@@ -15,7 +15,7 @@ the deprecated former names of `ant_backward` and `ant_after_step`.
 
 from __future__ import annotations
 
-import inspect
+import math
 from typing import Any
 
 from antdiff.errors import AntError
@@ -29,6 +29,7 @@ from antdiff.mtl.pcgrad import PCGrad, pcgrad_weights
 from antdiff.mtl.step import StepInfo, task_sums
 from antdiff.mtl.torchjd import TorchJDMethod
 from antdiff.mtl.uw import UncertaintyWeighting
+from antdiff.options import check_options, options_help
 
 METHODS: dict[str, type[MTLMethod]] = {
     "mean": Mean,
@@ -41,25 +42,29 @@ TORCHJD_PREFIX = "torchjd:"
 
 
 def build_method(name: str, num_tasks: int, **options: Any) -> MTLMethod:
-    """The method called `name` for `num_tasks` tasks; unknown names or options -> AntError."""
+    """The method called `name` for `num_tasks` tasks, its `options` checked against what it
+    declares (`MTLMethod.options`); unknown names, unknown options or values out of their
+    range -> AntError."""
     if name.startswith(TORCHJD_PREFIX):
-        return TorchJDMethod(num_tasks, name[len(TORCHJD_PREFIX) :], **options)
+        inner = name[len(TORCHJD_PREFIX) :]
+        values = check_options(f"method {name!r}", TorchJDMethod.options, options, extra=True)
+        for key, value in values.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise AntError(f"method {name!r}: {key} must be a finite number, got {value!r}")
+        return TorchJDMethod(num_tasks, inner, **values)
     cls = METHODS.get(name)
     if cls is None:
         names = ", ".join([*METHODS, TORCHJD_PREFIX + "NAME"])
         raise AntError(f"unknown MTL method {name!r}; choose from {names}")
-    params = inspect.signature(cls.__init__).parameters
-    allowed = [p for p in params if p not in ("self", "num_tasks")]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise AntError(
-            f"unknown option(s) {', '.join(unknown)} for method {name!r}; "
-            f"valid: {', '.join(allowed) or 'none'}"
-        )
-    try:
-        return cls(num_tasks, **options)
-    except TypeError as e:  # an option of the wrong type, e.g. {"lr": "fast"}
-        raise AntError(f"bad option for method {name!r}: {e}") from None
+    return cls(num_tasks, **check_options(f"method {name!r}", cls.options, options))
+
+
+def method_options_help() -> str:
+    """Each method with its declared `--method-options` (for the help text and docs)."""
+    return "; ".join(
+        f"{name}: {options_help(cls.options)}" if cls.options else name
+        for name, cls in METHODS.items()
+    )
 
 
 __all__ = [

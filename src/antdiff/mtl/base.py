@@ -21,16 +21,32 @@ gives them weight 0 and works on the present subset as if K were the number of p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from antdiff.errors import AntError
+from antdiff.options import Param
+
+#: the options every Gramian method shares (`--method-options`)
+UPDATE_EVERY = Param("update_every", int, 1, 1, 1e6, help="steps between weight refreshes")
+SEED = Param("seed", int, 0, 0, 2**53, help="seed of the method's own random numbers")
 
 
 class MTLMethod(nn.Module):
-    """Base of all methods: K tasks, own state in `state_dict`, own optimizer groups."""
+    """Base of all methods: K tasks, own state in `state_dict`, own optimizer groups.
+
+    A method declares what it needs: `options` (its `--method-options`, checked by
+    `antdiff.options` in `build_method`), `per_task_gradients` (the engine computes one
+    gradient per task and the method weighs them from their Gramian; a learned loss weighting,
+    whose own parameters get no combined gradient that way, is refused with it) and
+    `equal_task_weights`."""
+
+    options: ClassVar[tuple[Param, ...]] = ()
+    per_task_gradients: ClassVar[bool] = False
+    #: fixed equal weights on the K interval losses: it undoes a sampler's density over them
+    equal_task_weights: ClassVar[bool] = False
 
     #: Gradient-norm clip the trainer applies when the user sets none (Nash-MTL: 1.0).
     default_max_grad_norm: float | None = None
@@ -111,6 +127,9 @@ class GramianMethod(MTLMethod):
     Between refreshes the cached weights are reused, so the engine needs only one weighted
     backward (as the paper's Nash-MTL code, which refreshes every 25 steps).
     """
+
+    per_task_gradients = True
+    options = (UPDATE_EVERY,)
 
     def __init__(self, num_tasks: int, update_every: int = 1) -> None:
         super().__init__(num_tasks)

@@ -28,10 +28,19 @@ from torch import Tensor
 
 from antdiff.errors import AntError
 from antdiff.mtl.base import LossMethod
+from antdiff.options import Param
 
 
 class FAMO(LossMethod):
     """Loss-based, constant-cost balancing of the task losses' rates of decrease."""
+
+    options = (
+        Param("lr", float, 0.025, 0, 1, open_low=True, help="lr of the task logits"),
+        Param("gamma", float, 0.01, 0, 1, help="weight decay of the logits"),
+        Param("eps", float, 1e-8, 0, 1, open_low=True),
+        Param("betas", float, (0.9, 0.999), 0, 1, open_high=True, size=2),
+        Param("same_batch", bool, False),
+    )
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ class Mean(LossMethod):
     """sum_k L_k / n over the n present tasks; weights 1/n."""
 
     weights_from_losses = False
+    equal_task_weights = True
 
     def forward(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
         self.check_losses(losses)

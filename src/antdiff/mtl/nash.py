@@ -20,12 +20,14 @@ unlike the official code, stale weights are never reused silently.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from antdiff.errors import AntError
-from antdiff.mtl.base import GramianMethod
+from antdiff.mtl.base import UPDATE_EVERY, GramianMethod
+from antdiff.options import Param
 
 
 class NashSolverError(AntError):
@@ -84,6 +86,11 @@ def nash_weights(gramian: Tensor, tol: float = 1e-13, max_iter: int = 100) -> Te
 
 class NashMTL(GramianMethod):
     """Nash-MTL weights a / K, refreshed every `update_every` steps (default 25)."""
+
+    options = (
+        replace(UPDATE_EVERY, default=25),
+        Param("max_grad_norm", float, 1.0, 0, 1e6, open_low=True, optional=True),
+    )
 
     def __init__(
         self, num_tasks: int, update_every: int = 25, max_grad_norm: float | None = 1.0

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from antdiff.mtl.base import GramianMethod
+from antdiff.mtl.base import SEED, UPDATE_EVERY, GramianMethod
 
 
 def pcgrad_weights(gramian: Tensor, orders: Sequence[Sequence[int]]) -> Tensor:
@@ -44,6 +44,8 @@ def pcgrad_weights(gramian: Tensor, orders: Sequence[Sequence[int]]) -> Tensor:
 
 class PCGrad(GramianMethod):
     """Projecting conflicting gradients; weights from the Gramian only."""
+
+    options = (SEED, UPDATE_EVERY)
 
     def __init__(self, num_tasks: int, seed: int = 0, update_every: int = 1) -> None:
         super().__init__(num_tasks, update_every)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from antdiff.errors import AntError
-from antdiff.mtl.base import GramianMethod
+from antdiff.mtl.base import SEED, UPDATE_EVERY, GramianMethod
 
 INSTALL_HINT = "pip install 'ant-diffusion[torchjd]'"
 
@@ -48,7 +48,10 @@ def torchjd_weightings() -> dict[str, type]:
 
 
 class TorchJDMethod(GramianMethod):
-    """`torchjd:NAME`: torchjd's NAMEWeighting applied to the Gramian."""
+    """`torchjd:NAME`: torchjd's NAMEWeighting applied to the Gramian; options other than the
+    declared ones pass on to it (checked by torchjd, after `build_method`'s type checks)."""
+
+    options = (UPDATE_EVERY, SEED)
 
     def __init__(
         self, num_tasks: int, name: str, update_every: int = 1, seed: int = 0, **options: Any

@@ -18,12 +18,14 @@ from torch import Tensor, nn
 
 from antdiff.errors import AntError
 from antdiff.mtl.base import LossMethod
+from antdiff.options import Param
 
 
 class UncertaintyWeighting(LossMethod):
     """ANT-UW: learnable log-variances, one per task."""
 
     weights_from_losses = False
+    options = (Param("lr", float, 0.025, 0, 1, open_low=True, help="lr of the log-variances"),)
 
     def __init__(self, num_tasks: int, lr: float = 0.025) -> None:
         super().__init__(num_tasks)

@@ -34,6 +34,7 @@ from antdiff.tasks.timesteps import (
     TimestepSampler,
     UniformSampler,
     build_timestep_sampler,
+    timestep_sampling,
 )
 
 __all__ = [
@@ -63,4 +64,5 @@ __all__ = [
     "load_affinity",
     "median_cost",
     "timestep_cost",
+    "timestep_sampling",
 ]

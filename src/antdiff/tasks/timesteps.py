@@ -22,21 +22,30 @@ Besides `sample`, each sampler gives `density()`, the probabilities it draws t w
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from scipy.special import logit, ndtr
 
 from antdiff.errors import AntError
+from antdiff.options import Param, options_help, parse_options
 from antdiff.tasks.partition import IntervalPartition
 
 
 class TimestepSampler:
-    """Base: draws t, looks up the task ids; no importance weights, no state."""
+    """Base: draws t, looks up the task ids; no importance weights, no state.
+
+    A sampler declares what it needs instead of being recognised by name: `params` (its options,
+    checked by `antdiff.options`), `stratified` (it draws B/K samples per task, so the batch
+    must hold at least K), `shapes_density` (it gives the intervals other weights than their
+    widths, which `--method mean` over K > 1 tasks would undo) and `needs_losses`."""
 
     name = "uniform"
-    needs_losses = False  # True: the trainer gathers the global batch's losses for `after_step`
+    params: ClassVar[tuple[Param, ...]] = ()
+    stratified: ClassVar[bool] = False
+    shapes_density: ClassVar[bool] = False
+    needs_losses: ClassVar[bool] = False  # True: the trainer gathers the losses for `after_step`
 
     def __init__(self, partition: IntervalPartition) -> None:
         self.partition = partition
@@ -81,6 +90,7 @@ class StratifiedSampler(TimestepSampler):
     """floor(B/k) samples per interval plus the remainder spread over random intervals."""
 
     name = "stratified"
+    stratified = True
 
     def counts(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         k = self.partition.k
@@ -129,11 +139,14 @@ class LogitNormalSampler(TimestepSampler):
     """t = floor(T sigmoid(u)), u ~ N(mean, std^2) (SD3's logit-normal)."""
 
     name = "logit-normal"
+    shapes_density = True
+    params = (
+        Param("mean", float, 0.0, -10.0, 10.0),
+        Param("std", float, 1.0, 0.0, 10.0, open_low=True),
+    )
 
     def __init__(self, partition: IntervalPartition, mean: float = 0.0, std: float = 1.0):
         super().__init__(partition)
-        if not (math.isfinite(mean) and std > 0):
-            raise AntError(f"logit-normal needs a finite mean and std > 0, got {mean}, {std}")
         self.mean, self.std = float(mean), float(std)
 
     def draw(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -152,12 +165,12 @@ class ModeSampler(TimestepSampler):
     """t = floor(T f(u)), f(u) = 1 - u - scale (cos^2(pi u / 2) - 1 + u), u ~ U(0, 1)."""
 
     name = "mode"
+    shapes_density = True
+    # f decreases (f' = -1 - scale (1 - pi/2 sin(pi u)) < 0) for -1 <= scale < 1 / (pi/2 - 1)
+    params = (Param("scale", float, 1.29, -1.0, 1.75),)
 
     def __init__(self, partition: IntervalPartition, scale: float = 1.29) -> None:
         super().__init__(partition)
-        grid = np.linspace(0, 1, 10_001)
-        if not (math.isfinite(scale) and np.all(np.diff(self._f(grid, scale)) < 0)):
-            raise AntError(f"mode scale must keep f(u) decreasing (-1 <= scale <= ~1.75): {scale}")
         self.scale = float(scale)
 
     @staticmethod
@@ -181,12 +194,12 @@ class LossAwareSampler(TimestepSampler):
 
     name = "loss-aware"
     needs_losses = True
+    shapes_density = True
+    params = (Param("history", int, 10, 1, 10_000),)
     UNIFORM = 1e-3
 
     def __init__(self, partition: IntervalPartition, history: int = 10) -> None:
         super().__init__(partition)
-        if history < 1:
-            raise AntError(f"loss-aware history must be >= 1, got {history}")
         self.losses = torch.zeros(self.T, int(history), dtype=torch.float64)
         self.counts = torch.zeros(self.T, dtype=torch.long)
 
@@ -245,25 +258,29 @@ TIMESTEP_SAMPLINGS: dict[str, type[TimestepSampler]] = {
 }
 
 
-def build_timestep_sampler(spec: str, partition: IntervalPartition) -> TimestepSampler:
-    """The timestep sampling `spec` (`--timestep-sampling`, e.g. `logit-normal:0,1`) over the
-    tasks of `partition`."""
+def timestep_sampling(spec: str) -> tuple[type[TimestepSampler], dict[str, Any]]:
+    """The sampler class of `spec` (`--timestep-sampling`, e.g. `logit-normal:0,1` or
+    `logit-normal:mean=0,std=1`) and its checked options, without building it."""
     name, _, args = spec.partition(":")
-    if name not in TIMESTEP_SAMPLINGS:
+    cls = TIMESTEP_SAMPLINGS.get(name)
+    if cls is None:
         names = ", ".join(TIMESTEP_SAMPLINGS)
         raise AntError(f"unknown timestep sampling {name!r}; choose from {names}")
-    try:
-        values = [float(a) for a in args.split(",")] if args else []
-    except ValueError:
-        raise AntError(f"timestep sampling {spec!r}: parameters must be numbers") from None
-    if name in ("uniform", "stratified") and values:
-        raise AntError(f"timestep sampling {name} takes no parameters, got {spec!r}")
-    if name == "loss-aware":
-        values = [int(v) for v in values]
-    try:
-        return TIMESTEP_SAMPLINGS[name](partition, *values)
-    except TypeError:
-        raise AntError(f"too many parameters for timestep sampling {name}: {spec!r}") from None
+    return cls, parse_options(f"timestep sampling {name}", cls.params, args)
+
+
+def build_timestep_sampler(spec: str, partition: IntervalPartition) -> TimestepSampler:
+    """The timestep sampling `spec` over the tasks of `partition`."""
+    cls, options = timestep_sampling(spec)
+    return cls(partition, **options)
+
+
+def timestep_sampling_help() -> str:
+    """Each sampler with its declared options (for the help text)."""
+    return "; ".join(
+        f"{name}: {options_help(cls.params)}" if cls.params else name
+        for name, cls in TIMESTEP_SAMPLINGS.items()
+    )
 
 
 def _check_batch(batch_size: int) -> None:
