@@ -13,21 +13,12 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-EXTRAS = {"fd": ("precision", "recall"), "swd": ("mmd2", "in_3std", "mode_tv")}
-KEEP = (
-    "fd",
-    "precision",
-    "recall",
-    "fd_halves",
-    "fd_noise",
-    "class_kl",
-    "swd",
-    "mmd2",
-    "loglik",
-    "in_3std",
-    "mode_tv",
-    "num_samples",
-)
+from antdiff.metrics.declare import METRICS, PRIMARY, summary_metrics
+
+#: beside each primary metric, the metrics its summary shows (declared in antdiff.metrics)
+EXTRAS = {p: summary_metrics(p) for p in PRIMARY.values()}
+#: what a compacted evaluation keeps: every declared number but the held-out loss (kept apart)
+KEEP = (*(m for m in METRICS if m != "heldout"), "num_samples")
 
 
 def compact(res: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +124,8 @@ def summarize(
     by_method: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(results, key=lambda r: r["seed"]):
         by_method.setdefault(r["method"], []).append(r)
-    metric = "fd" if "fd" in final_eval(results[0], guidance) else "swd"
+    first = final_eval(results[0], guidance)
+    metric = PRIMARY["image"] if PRIMARY["image"] in first else PRIMARY["points"]
     bases = {
         ref: {r["seed"]: r for r in by_method.get(ref, [])} for ref in ("vanilla", "flow-vanilla")
     }

@@ -6,9 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from antdiff.metrics.declare import METRICS
 from bench_stats import EXTRAS
-
-DIGITS = {"fd": 2, "swd": 3}  # decimals of the primary metric
 
 
 def fmt(m: float, s: float, digits: int = 2) -> str:
@@ -31,7 +30,7 @@ def milli(d: dict[str, Any], key: str) -> str:
 def markdown(summary: dict[str, Any]) -> str:
     """The summary as markdown tables (for docs/results.md and the terminal)."""
     metric, ms = summary["metric"], summary["methods"]
-    m_up, dig, extras = metric.upper(), DIGITS[metric], EXTRAS[metric]
+    m_up, dig, extras = metric.upper(), METRICS[metric].digits, EXTRAS[metric]
     steps = next(iter(ms.values()))["steps"]
     lines = [
         f"Equal steps ({steps}); mean +/- std over n seeds; differences are paired per seed "

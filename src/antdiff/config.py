@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from antdiff.diffusion.loss import VELOCITY
+from antdiff.diffusion.weighting import weighting_help
 from antdiff.errors import AntError
-from antdiff.validation import check_type, validate
+from antdiff.mtl import method_options_help
+from antdiff.tasks.timesteps import timestep_sampling_help
+from antdiff.validation import FLOW_SHIFT, check_type, validate
 
 
 @dataclass
@@ -77,7 +80,8 @@ class TrainConfig:
     flow_shift: float = field(
         default=1.0,
         metadata={
-            "help": "flow matching: SD3's shift of t, sigma = s t / (1 + (s - 1) t) (1: none)"
+            "help": "flow matching: SD3's shift of t, sigma = s t / (1 + (s - 1) t) (1: none); "
+            f"{FLOW_SHIFT.range_text()}"
         },
     )
     timesteps: int = field(
@@ -103,8 +107,9 @@ class TrainConfig:
     timestep_sampling: str = field(
         default="stratified",
         metadata={
-            "help": "stratified (B/K per interval, the paper) | uniform | "
-            "logit-normal[:m,s] | mode[:scale] | loss-aware[:history]"
+            "help": "stratified (B/K per interval, the paper) | uniform | logit-normal[:m,s] | "
+            "mode[:scale] | loss-aware[:history]; options as NAME:v1,v2 (in order) or "
+            f"NAME:key=v, each key once: {timestep_sampling_help()}"
         },
     )
     timestep_range: str | None = field(
@@ -119,13 +124,17 @@ class TrainConfig:
     )
     method_options: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"help": "JSON object of the method's options, e.g. '{\"lr\": 0.025}' for uw"},
+        metadata={
+            "help": "JSON object of the method's options, e.g. '{\"lr\": 0.025}' for uw: "
+            f"{method_options_help()}; torchjd:NAME: update_every, seed and torchjd's own"
+        },
     )
     weighting: str = field(
         default="constant",
         metadata={
-            "help": "fixed loss weighting: constant | min-snr[:gamma] | p2[:gamma=,k=] "
-            "| soft-min-snr | debiased | sigma-sqrt, cosmap (flow)"
+            "help": "loss weighting: constant | min-snr[:gamma] | p2[:gamma=,k=] "
+            "| soft-min-snr | debiased | sigma-sqrt, cosmap (flow) | edm2 (learned); options as "
+            f"NAME:v1,v2 (in order) or NAME:key=v, each key once: {weighting_help()}"
         },
     )
     affinity_warmup: int | None = field(

@@ -189,9 +189,7 @@ def build_weighting(spec: str, prediction: str = "epsilon") -> LossWeighting:
 
 def weighting_help() -> str:
     """Each weighting with its declared options (for the help text)."""
-    return "; ".join(
-        f"{name}: {options_help(k.params)}" if k.params else name for name, k in KINDS.items()
-    )
+    return "; ".join(f"{name}: {options_help(k.params)}" for name, k in KINDS.items() if k.params)
 
 
 class Weighting(nn.Module):

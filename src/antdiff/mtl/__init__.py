@@ -62,8 +62,7 @@ def build_method(name: str, num_tasks: int, **options: Any) -> MTLMethod:
 def method_options_help() -> str:
     """Each method with its declared `--method-options` (for the help text and docs)."""
     return "; ".join(
-        f"{name}: {options_help(cls.options)}" if cls.options else name
-        for name, cls in METHODS.items()
+        f"{name}: {options_help(cls.options)}" for name, cls in METHODS.items() if cls.options
     )
 
 
@@ -85,6 +84,7 @@ __all__ = [
     "ant_after_step",
     "ant_backward",
     "build_method",
+    "method_options_help",
     "mtl_after_step",
     "mtl_backward",
     "nash_weights",

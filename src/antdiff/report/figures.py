@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from antdiff.metrics.declare import METRICS, PRIMARY
 from antdiff.tasks import IntervalPartition
 
 
@@ -57,11 +58,11 @@ def plot_task_curves(rows: list[dict[str, Any]], key: str, ylabel: str, log: boo
 def plot_eval_curves(evals: list[tuple[int, dict[str, Any]]]) -> Figure:
     """FD (or SWD for points) and held-out loss per interval over training (--eval-every)."""
     steps = [s for s, _ in evals]
-    key = "fd" if "fd" in evals[0][1] else "swd"
+    key = PRIMARY["image"] if PRIMARY["image"] in evals[0][1] else PRIMARY["points"]
     fig = Figure(figsize=(9, 3))
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(steps, [e.get(key) for _, e in evals], marker="o")
-    ax1.set(xlabel="step", ylabel=key)
+    ax1.set(xlabel="step", ylabel=f"{key} ({METRICS[key].better} is better)")
     if "heldout" in evals[0][1]:
         per = np.array([[iv["mean"] for iv in e["heldout"]["intervals"]] for _, e in evals])
         for k in range(per.shape[1]):

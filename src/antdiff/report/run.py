@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from antdiff import build
+from antdiff.metrics.declare import METRICS
 from antdiff.report.analysis import affinity_section, interval_labels
 from antdiff.report.figures import (
     plot_affinity,
@@ -21,33 +22,13 @@ from antdiff.report.figures import (
 from antdiff.report.html import Section, img_file, page, png, table
 from antdiff.rundir import RunDir
 
-# What each number of an evaluation means, in the order the report shows them.
-EVAL_ROWS = {
-    "fd": "Frechet distance on the project's classifier features (lower is better)",
-    "fd_halves": "floor: FD between two random halves of the real data",
-    "fd_noise": "ceiling: FD between the real data and uniform noise",
-    "precision": "improved precision (share of samples on the real manifold, k = 3)",
-    "recall": "improved recall (share of the real manifold covered, k = 3)",
-    "density": "density (Naeem et al. 2020)",
-    "coverage": "coverage (Naeem et al. 2020)",
-    "confidence": "mean classifier confidence on the samples",
-    "class_kl": "KL of the predicted class histogram from uniform (mode dropping)",
-    "accuracy": "classifier accuracy w.r.t. the intended labels (conditional models)",
-    "fid": "standard Inception FID",
-    "swd": "sliced Wasserstein distance to the true points (lower is better)",
-    "mmd2": "MMD^2 with RBF kernels (about 0 when equal in law)",
-    "loglik": "mean log-likelihood under the true mixture (nats per point)",
-    "in_3std": "share of samples within 3 std of a mode (true points: 0.989)",
-    "mode_tv": "total variation of the mode histogram from the mixture weights",
-}
-
 
 def evaluation_section(result: dict[str, Any]) -> Section:
     """The evaluation as a person reads it: a table of the numbers, the held-out chart."""
     rows = [
-        [k, f"{result[k]:.4g}", html.escape(v)]
-        for k, v in EVAL_ROWS.items()
-        if isinstance(result.get(k), float | int)
+        [m.name, m.format(result[m.name]), html.escape(m.label)]
+        for m in METRICS.values()
+        if isinstance(result.get(m.name), float | int)
     ]
     how = (
         f"{result.get('num_samples', '?')} samples at step {result.get('step', '?')}, "

@@ -276,10 +276,11 @@ def build_timestep_sampler(spec: str, partition: IntervalPartition) -> TimestepS
 
 
 def timestep_sampling_help() -> str:
-    """Each sampler with its declared options (for the help text)."""
+    """Each sampler that has options, with them (for the help text)."""
     return "; ".join(
-        f"{name}: {options_help(cls.params)}" if cls.params else name
+        f"{name}: {options_help(cls.params)}"
         for name, cls in TIMESTEP_SAMPLINGS.items()
+        if cls.params
     )
 
 
