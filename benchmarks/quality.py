@@ -27,6 +27,7 @@ import torch
 from antdiff import build, distributed
 from antdiff.cli import train_config
 from antdiff.evaluate import Evaluator
+from antdiff.metricrows import EvalRow
 from antdiff.tasks import clustering_from_spec
 from antdiff.train import Trainer
 from bench_stats import compact, final_eval, heldout_bounds, summarize
@@ -202,7 +203,7 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
         return old
     rows = trainer.run.metrics()
     curve = [
-        {"step": r["step"], "train_seconds": r["time"], **r["eval"]} for r in rows if "eval" in r
+        {"step": r.step, "train_seconds": r.time, **r.eval} for r in rows if isinstance(r, EvalRow)
     ]
     result = {
         "setting": args.dataset,

@@ -32,6 +32,7 @@ from antdiff.affinity.auto import SKETCH_DIM, AutoClusters
 from antdiff.affinity.gradients import affinity_matrix
 from antdiff.affinity.sketch import block_seed
 from antdiff.cli import train_config
+from antdiff.metricrows import StepRow
 from antdiff.tasks import IntervalPartition, cluster_timesteps
 from antdiff.train import Trainer
 from quality import DEFAULTS, SETTINGS, VARIANTS, evaluator
@@ -56,7 +57,7 @@ class ReclusteringTrainer(Trainer):
     meter: AutoClusters | None = None
     changes: list[dict[str, Any]]
 
-    def train_step(self) -> dict[str, Any]:
+    def train_step(self) -> StepRow:
         row = super().train_step()
         switched = self.auto is None and self.parts.info.clustering_cost == "affinity"
         if switched and self.meter is None:  # the warm-up's measurement set, kept for re-use

@@ -31,7 +31,7 @@ LAYERS = [
         "progress",
         "signals",
     },
-    {"metrics", "affinity", "integrations", "runinfo"},
+    {"metrics", "affinity", "integrations", "runinfo", "metricrows"},
     {"validation"},
     {"config"},
     {"rundir", "batch"},

@@ -100,7 +100,7 @@ def test_famo_same_batch_updates_its_logits_after_each_step(tmp_path) -> None:
     rows = [trainer.train_step() for _ in range(3)]
     assert len(seen) == 3 and trainer.parts.method.logits.abs().sum() > 0
     # each observed loss is the step's own batch after its update: on average below the step's
-    assert sum(float(a.mean()) for a in seen) < sum(sum(r["task_losses"]) / 5 for r in rows)
+    assert sum(float(a.mean()) for a in seen) < sum(sum(r.task_losses) / 5 for r in rows)
 
 
 def _kill_midway(cmd: list[str], run_dir: Path, rng: random.Random) -> None:
@@ -135,7 +135,7 @@ def test_the_timestep_sampler_hears_after_every_step(tmp_path, sampling: str) ->
         assert (losses is None) == (sampling == "stratified")  # gathered only when needed
         assert losses is None or (losses.shape == t.shape and torch.isfinite(losses).all())
         assert weights.shape == (5,)
-        assert weights.tolist() == pytest.approx(row["task_weights"], abs=1e-6)
+        assert weights.tolist() == pytest.approx(row.task_weights, abs=1e-6)
 
 
 @pytest.mark.slow

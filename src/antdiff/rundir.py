@@ -35,6 +35,7 @@ import torch
 from antdiff import checkpoint
 from antdiff.config import TrainConfig, make_config
 from antdiff.errors import AntError, writing
+from antdiff.metricrows import MetricsRow, row_from_json, row_to_json
 from antdiff.runinfo import RunInfo
 
 # Keys renamed since older run directories were written: old name -> new name.
@@ -153,27 +154,27 @@ class RunDir:
         self.cfg = cfg
 
     # ------------------------------------------------------------------ metrics
-    def append_metrics(self, row: dict[str, Any]) -> None:
+    def append_metrics(self, row: MetricsRow) -> None:
         path = self.path / "metrics.jsonl"
         with writing(path), open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row_to_json(row)) + "\n")
 
-    def metrics(self) -> list[dict[str, Any]]:
-        """The rows of metrics.jsonl (a line cut short by a kill is skipped)."""
+    def metrics(self) -> list[MetricsRow]:
+        """The typed rows of metrics.jsonl (a line cut short by a kill is skipped)."""
         path = self.path / "metrics.jsonl"
         if not path.is_file():
             return []
         rows = []
         for line in path.read_text().splitlines():
             try:
-                rows.append(json.loads(line))
-            except ValueError:
+                rows.append(row_from_json(json.loads(line)))
+            except (ValueError, TypeError):
                 continue
         return rows
 
     def truncate_metrics(self, step: int) -> None:
         """Drop rows written after `step` (a resumed run redoes them)."""
-        keep = [r for r in self.metrics() if r.get("step", 0) <= step]
+        keep = [row_to_json(r) for r in self.metrics() if r.step <= step]
         _write_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in keep))
 
     def write_evaluation(self, result: dict[str, Any]) -> Path:

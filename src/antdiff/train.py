@@ -29,6 +29,7 @@ from antdiff.batchloss import BatchLoss, LossFn
 from antdiff.build import Components
 from antdiff.config import TrainConfig
 from antdiff.errors import AntError, Interrupted, NonFiniteError
+from antdiff.metricrows import EvalRow, StepRow, TasksRow
 from antdiff.mtl import StepInfo, ant_after_step, ant_backward
 from antdiff.progress import Progress
 from antdiff.resume import check_resumable, checkpoint_info
@@ -128,7 +129,7 @@ class Trainer:
             if self.cfg != self.run.cfg:
                 self.run.write_config(self.cfg)
         self.dist.barrier()
-        logged = [r["time"] for r in self.run.metrics() if "time" in r]
+        logged = [r.time for r in self.run.metrics() if r.time is not None]
         self.seconds = logged[-1] if logged else 0.0
 
     def save(self) -> None:
@@ -168,7 +169,7 @@ class Trainer:
             record = auto.record(chosen, self.step, seconds)
             self.run.write_tasks(record, auto.affinity, auto.matrices, auto.edges)
             self.run.write_info(info)
-            self.run.append_metrics({"step": self.step, "time": seconds, "tasks": record})
+            self.run.append_metrics(TasksRow(self.step, seconds, record))
 
     @contextmanager
     def ema_weights(self) -> Iterator[nn.Module]:
@@ -182,7 +183,7 @@ class Trainer:
         if self.dist.main and self.evaluator is not None:
             with self.ema_weights() as model:
                 result = self.evaluator(model)
-            self.run.append_metrics({"step": self.step, "time": seconds, "eval": result})
+            self.run.append_metrics(EvalRow(self.step, seconds, result))
         self.dist.barrier()
 
     def loss_fn(
@@ -200,7 +201,7 @@ class Trainer:
             self.cfg, len(parts.data), parts.info.shape, parts.timestep_sampler, self.step
         )
 
-    def train_step(self) -> dict[str, Any]:
+    def train_step(self) -> StepRow:
         cfg, parts, state = self.cfg, self.parts, self.state
         batch = self.draw()
         local = self.dist.local_slice(cfg.batch_size)
@@ -238,7 +239,7 @@ class Trainer:
                 losses = self.dist.gather_rows(rows, mine, cfg.batch_size)
             parts.timestep_sampler.after_step(batch.t, losses, step_info.task_weights)
         state.step += 1
-        return _row(step_info, counts, state.optimizer.param_groups[0]["lr"])
+        return _row(self.step, step_info, counts, state.optimizer.param_groups[0]["lr"])
 
     def _finite_state(self) -> bool:
         """Weights finite and, without fp16 scaling, the next batch's losses too (all ranks)."""
@@ -272,14 +273,17 @@ class Trainer:
                 chosen := self.auto.measure_if_due(self.step, self.model, self.dist)
             ):
                 self.set_tasks(chosen, progress.elapsed)
-            skipped += not row["finite"]
+            skipped += not row.finite
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                row = {"step": self.step, **row}
-                row.update(skipped=skipped, time=progress.elapsed, t_hist=self.t_counts.tolist())
+                row.skipped, row.time, row.t_hist = (
+                    skipped,
+                    progress.elapsed,
+                    self.t_counts.tolist(),
+                )
                 self.t_counts.zero_()
                 if self.dist.main:
                     self.run.append_metrics(row)
-                progress.update(self.step, row["loss"])
+                progress.update(self.step, row.loss)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
             if cfg.eval_every and self.step % cfg.eval_every == 0:
@@ -327,18 +331,19 @@ def _open_run(
     return run, parts, ckpt
 
 
-def _row(step_info: StepInfo, counts: torch.Tensor, lr: float) -> dict[str, Any]:
+def _row(step: int, step_info: StepInfo, counts: torch.Tensor, lr: float) -> StepRow:
     """A step's metrics row: the mean loss over the batch's samples, each task's loss and
     weight (None for a task absent from the batch)."""
     valid = ~torch.isnan(step_info.task_losses)
     counted = counts[valid]
-    return {
-        "loss": float((step_info.task_losses[valid] * counted).sum() / counted.sum()),
-        "task_losses": _floats(step_info.task_losses),
-        "task_weights": _floats(step_info.task_weights),
-        "finite": step_info.finite,
-        "lr": lr,
-    }
+    return StepRow(
+        step=step,
+        loss=float((step_info.task_losses[valid] * counted).sum() / counted.sum()),
+        task_losses=_floats(step_info.task_losses),
+        task_weights=_floats(step_info.task_weights),
+        finite=step_info.finite,
+        lr=lr,
+    )
 
 
 def _last_good(run: RunDir) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from antdiff.metricrows import StepRow
 from antdiff.metrics.declare import METRICS, PRIMARY
 from antdiff.tasks import IntervalPartition
 
@@ -40,10 +41,11 @@ def plot_partition(
     return fig
 
 
-def plot_task_curves(rows: list[dict[str, Any]], key: str, ylabel: str, log: bool) -> Figure:
-    """One line per task of the per-task values `key` of metrics.jsonl rows."""
-    steps = [r["step"] for r in rows if key in r]
-    values = np.array([[np.nan if v is None else v for v in r[key]] for r in rows if key in r])
+def plot_task_curves(rows: list[StepRow], key: str, ylabel: str, log: bool) -> Figure:
+    """One line per task of the per-task values `key` (task_losses, task_weights) of the
+    training rows of metrics.jsonl."""
+    steps = [r.step for r in rows]
+    values = np.array([[np.nan if v is None else v for v in getattr(r, key)] for r in rows])
     fig = Figure(figsize=(6, 3))
     ax = fig.subplots()
     for k in range(values.shape[1]):

@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from antdiff import build
+from antdiff.metricrows import EvalRow, StepRow
 from antdiff.metrics.declare import METRICS
 from antdiff.report.analysis import affinity_section, interval_labels
 from antdiff.report.figures import (
@@ -82,10 +83,10 @@ def tasks_section(run: RunDir, train_seconds: float, log_snr: np.ndarray) -> Sec
     return "Tasks chosen from the measured affinity", f"<p>{text}</p>{png(fig)}"
 
 
-def sampling_section(rows: list[dict[str, Any]], steps: int) -> Section | None:
+def sampling_section(rows: list[StepRow], steps: int) -> Section | None:
     """The timestep density the run trained on, in each third of its steps (from the histograms
     of drawn timesteps in metrics.jsonl)."""
-    hists = [(r["step"], np.asarray(r["t_hist"], float)) for r in rows if "t_hist" in r]
+    hists = [(r.step, np.asarray(r.t_hist, float)) for r in rows if r.t_hist is not None]
     if not hists:
         return None
     fig = Figure(figsize=(6, 3))
@@ -114,7 +115,7 @@ def write_report(run: RunDir) -> Path:
     sections: list[Section] = []
     if run.samples_png.is_file():
         sections.append(("Samples (EMA)", img_file(run.samples_png)))
-    train_rows = [r for r in rows if "task_losses" in r]
+    train_rows = [r for r in rows if isinstance(r, StepRow)]
     if train_rows:
         fig = plot_task_curves(train_rows, "task_losses", "task loss", log=True)
         sections.append(("Per-task loss", png(fig)))
@@ -123,14 +124,14 @@ def write_report(run: RunDir) -> Path:
     sampling = sampling_section(train_rows, cfg.steps)
     if sampling:
         sections.append(sampling)
-    evals = [(r["step"], r["eval"]) for r in rows if "eval" in r]
+    evals = [(r.step, r.eval) for r in rows if isinstance(r, EvalRow)]
     if evals:
         sections.append(("Evaluation over training", png(plot_eval_curves(evals))))
     log_snr = build.schedule(cfg).snr_numpy(log=True)
     title = f"{info.clustering_cost} clustering" + (" (warm-up: provisional)" * info.warming_up)
     fig = plot_partition(info.partition, log_snr, title=title)
     sections.append(("Tasks: the partition over log-SNR", png(fig)))
-    timed = [r["time"] for r in rows if "time" in r]
+    timed = [r.time for r in rows if r.time is not None]
     tasks = tasks_section(run, timed[-1] if timed else 0.0, log_snr)
     if tasks:
         sections.append(tasks)
@@ -142,12 +143,12 @@ def write_report(run: RunDir) -> Path:
         sections.append(affinity)
     config = [[html.escape(k), html.escape(str(v))] for k, v in cfg.to_dict().items()]
     sections.append(("Configuration", table(["key", "value"], config)))
-    last = train_rows[-1] if train_rows else {}
+    last = train_rows[-1] if train_rows else None
     summary = (
         f"{html.escape(cfg.method)} on {html.escape(cfg.dataset)}, {info.partition.k} "
         f"tasks ({html.escape(cfg.clusters)}, {cfg.timestep_sampling} timestep sampling, "
-        f"weighting {html.escape(cfg.weighting)}); step {last.get('step', 0)} of "
-        f"{cfg.steps}, final loss {last.get('loss', float('nan')):.4f}"
+        f"weighting {html.escape(cfg.weighting)}); step {last.step if last else 0} of "
+        f"{cfg.steps}, final loss {last.loss if last else float('nan'):.4f}"
     )
     run.report_html.write_text(page(f"antdiff run {run.path.name}", summary, sections))
     return run.report_html
