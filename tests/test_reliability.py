@@ -147,7 +147,7 @@ BAD_INPUTS = [
     ("train --timestep-sampling uniform:3", "takes no parameters"),
     ("train --method mean --timestep-sampling mode", "undoes the weight"),
     ("train --weighting edm2:lr=-1", "edm2: lr must be a number in [0, 1]"),
-    ("train --weighting debiased:max_snr=0", "max_snr must be a number in [0.001, 1e+06]"),
+    ("train --weighting debiased:max_snr=0", "max_snr must be a number in [0.001, 1000000]"),
     ("train --method pcgrad --weighting edm2", "trains with loss-based methods, not pcgrad"),
     ("train --sampler foo", "unknown sampler 'foo'"),
     ("train --precision fp64", "unknown precision"),

@@ -47,8 +47,8 @@ class Param:
         else:
             what = "an integer" if self.kind is int else "a number"
             text = (
-                f"{what} in {'(' if self.open_low else '['}{self.low:g}, "
-                f"{self.high:g}{')' if self.open_high else ']'}"
+                f"{what} in {'(' if self.open_low else '['}{_show(self.low)}, "
+                f"{_show(self.high)}{')' if self.open_high else ']'}"
             )
         if self.size > 1:
             text = f"a list of {self.size} values, each {text}"
@@ -101,6 +101,11 @@ class Param:
 
     def _refuse(self, component: str, value: Any) -> Any:
         raise AntError(f"{component}: {self.name} must be {self.range_text()}, got {value!r}")
+
+
+def _show(x: float) -> str:
+    """A bound as people write it: 1000000 rather than 1e+06, 0.001, 0.01."""
+    return str(int(x)) if float(x).is_integer() and abs(x) <= 2**53 else f"{x:g}"
 
 
 def defaults(params: Iterable[Param]) -> dict[str, Any]:

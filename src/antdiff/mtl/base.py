@@ -31,7 +31,7 @@ from antdiff.options import Param
 
 #: the options every Gramian method shares (`--method-options`)
 UPDATE_EVERY = Param("update_every", int, 1, 1, 1e6, help="steps between weight refreshes")
-SEED = Param("seed", int, 0, 0, 2**53, help="seed of the method's own random numbers")
+SEED = Param("seed", int, 0, 0, 2**32 - 1, help="seed of the method's own random numbers")
 
 
 class MTLMethod(nn.Module):
