@@ -19,7 +19,6 @@ from typing import Any
 
 from antdiff.errors import AntError
 
-Value = int | float | bool | None
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
