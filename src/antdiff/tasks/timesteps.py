@@ -29,7 +29,7 @@ import torch
 from scipy.special import logit, ndtr
 
 from antdiff.errors import AntError
-from antdiff.options import Param, options_help, parse_options
+from antdiff.options import Param, check_options, options_help, parse_options
 from antdiff.tasks.partition import IntervalPartition
 
 
@@ -60,6 +60,11 @@ class TimestepSampler:
 
     def draw(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
         return torch.randint(0, self.T, (batch_size,), generator=generator)
+
+    @classmethod
+    def checked(cls, **values: Any) -> dict[str, Any]:
+        """`values` of the declared `params`, checked (also when built directly)."""
+        return check_options(f"timestep sampling {cls.name}", cls.params, values)
 
     def density(self) -> np.ndarray:
         return np.full(self.T, 1.0 / self.T)
@@ -147,7 +152,7 @@ class LogitNormalSampler(TimestepSampler):
 
     def __init__(self, partition: IntervalPartition, mean: float = 0.0, std: float = 1.0):
         super().__init__(partition)
-        self.mean, self.std = float(mean), float(std)
+        self.mean, self.std = self.checked(mean=mean, std=std).values()
 
     def draw(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
         u = torch.randn(batch_size, generator=generator, dtype=torch.float64)
@@ -171,7 +176,7 @@ class ModeSampler(TimestepSampler):
 
     def __init__(self, partition: IntervalPartition, scale: float = 1.29) -> None:
         super().__init__(partition)
-        self.scale = float(scale)
+        self.scale = self.checked(scale=scale)["scale"]
 
     @staticmethod
     def _f(u: Any, scale: float) -> Any:
@@ -200,7 +205,8 @@ class LossAwareSampler(TimestepSampler):
 
     def __init__(self, partition: IntervalPartition, history: int = 10) -> None:
         super().__init__(partition)
-        self.losses = torch.zeros(self.T, int(history), dtype=torch.float64)
+        history = self.checked(history=history)["history"]
+        self.losses = torch.zeros(self.T, history, dtype=torch.float64)
         self.counts = torch.zeros(self.T, dtype=torch.long)
 
     def probabilities(self) -> torch.Tensor:
