@@ -144,7 +144,7 @@ def test_sd3_weightings_and_the_velocity_conversion() -> None:
         ({"sampler": "ddim"}, "unknown sampler 'ddim' for --objective flow"),
         ({"prediction": "epsilon"}, "unknown prediction 'epsilon' for --objective flow"),
         ({"schedule": "cosine"}, "flow matching's is --flow-shift"),
-        ({"flow_shift": 0.0}, "flow_shift must be a finite number > 0"),
+        ({"flow_shift": 0.0}, r"flow_shift must be a number in \[0.01, 100\]"),
         ({"objective": "ddpm", "flow_shift": 3.0}, "use it with --objective flow"),
         ({"objective": "ddpm", "prediction": "velocity"}, "unknown prediction 'velocity'"),
         ({"objective": "rectified"}, "unknown objective 'rectified'"),

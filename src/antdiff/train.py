@@ -275,11 +275,8 @@ class Trainer:
                 self.set_tasks(chosen, progress.elapsed)
             skipped += not row.finite
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                row.skipped, row.time, row.t_hist = (
-                    skipped,
-                    progress.elapsed,
-                    self.t_counts.tolist(),
-                )
+                hist = self.t_counts.tolist()
+                row = replace(row, skipped=skipped, time=progress.elapsed, t_hist=hist)
                 self.t_counts.zero_()
                 if self.dist.main:
                     self.run.append_metrics(row)

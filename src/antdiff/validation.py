@@ -75,7 +75,7 @@ def validate(cfg: Config, shorthands: Iterable[str] = ()) -> None:
             raise AntError(f"unknown {name} {value!r}{kind}; choose from {', '.join(names)}")
     if flow and cfg.schedule != "linear":
         raise AntError("--schedule is DDPM's noise schedule; flow matching's is --flow-shift")
-    FLOW_SHIFT.check("--flow-shift", cfg.flow_shift)
+    FLOW_SHIFT.check("flow matching", cfg.flow_shift)
     if not flow and cfg.flow_shift != 1.0:
         raise AntError("--flow-shift shifts flow matching's t: use it with --objective flow")
     check_size(cfg.timesteps)
