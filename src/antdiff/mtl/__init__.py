@@ -1,6 +1,7 @@
 """Multi-task methods over K tasks; knows nothing of diffusion.
 
-    method = build_method("uw", num_tasks=K)            # mean, uw, famo, pcgrad, nash, torchjd:NAME
+    method = build_method("uw", num_tasks=K)  # mean, uw, famo, pcgrad, nash, torchjd:NAME
+    # sampled:NAME (a loss-based NAME): the model gets the plain mean, NAME learns its weights
     optimizer = AdamW([{"params": model.parameters()}, *method.param_groups()], lr=1e-4)
     info = mtl_backward(method, loss_fn, task_ids, task_counts, model, scaler=None)
     if info.finite:
@@ -25,6 +26,7 @@ from antdiff.mtl.famo import FAMO
 from antdiff.mtl.mean import Mean
 from antdiff.mtl.nash import NashMTL, NashSolverError, nash_weights
 from antdiff.mtl.pcgrad import PCGrad, pcgrad_weights
+from antdiff.mtl.sampled import SampledMethod
 from antdiff.mtl.torchjd import TorchJDMethod
 from antdiff.mtl.uw import UncertaintyWeighting
 
@@ -36,12 +38,20 @@ METHODS: dict[str, type[MTLMethod]] = {
     "nash": NashMTL,
 }
 TORCHJD_PREFIX = "torchjd:"
+SAMPLED_PREFIX = "sampled:"  # the plain-mean wrapper of a loss-based method (mtl/sampled.py)
 
 
 def build_method(name: str, num_tasks: int, **options: Any) -> MTLMethod:
     """The method called `name` for `num_tasks` tasks; unknown names or options -> AntError."""
     if name.startswith(TORCHJD_PREFIX):
         return TorchJDMethod(num_tasks, name[len(TORCHJD_PREFIX) :], **options)
+    if name.startswith(SAMPLED_PREFIX):
+        inner = build_method(name[len(SAMPLED_PREFIX) :], num_tasks, **options)
+        if not isinstance(inner, LossMethod):
+            raise AntError(
+                f"{name}: the sampled: wrapper needs a loss-based method (mean, uw, famo)"
+            )
+        return SampledMethod(num_tasks, inner)
     cls = METHODS.get(name)
     if cls is None:
         names = ", ".join([*METHODS, TORCHJD_PREFIX + "NAME"])
@@ -63,6 +73,7 @@ def build_method(name: str, num_tasks: int, **options: Any) -> MTLMethod:
 __all__ = [
     "FAMO",
     "METHODS",
+    "SAMPLED_PREFIX",
     "TORCHJD_PREFIX",
     "Accumulation",
     "GramianMethod",
@@ -72,6 +83,7 @@ __all__ = [
     "NashMTL",
     "NashSolverError",
     "PCGrad",
+    "SampledMethod",
     "StepInfo",
     "TorchJDMethod",
     "UncertaintyWeighting",

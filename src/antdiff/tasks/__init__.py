@@ -15,6 +15,7 @@ from antdiff.tasks.clustering import (
     median_cost,
     timestep_cost,
 )
+from antdiff.tasks.follow import FollowSampler
 from antdiff.tasks.partition import IntervalPartition
 from antdiff.tasks.spec import (
     ClusterSpec,
@@ -36,11 +37,15 @@ from antdiff.tasks.timesteps import (
     build_timestep_sampler,
 )
 
+# registered here, not in timesteps.py: follow.py builds on that module (no import cycle)
+TIMESTEP_SAMPLINGS["follow"] = FollowSampler
+
 __all__ = [
     "COSTS",
     "TIMESTEP_SAMPLINGS",
     "ClusterSpec",
     "Clustering",
+    "FollowSampler",
     "IntervalPartition",
     "LogitNormalSampler",
     "LossAwareSampler",

@@ -1,0 +1,176 @@
+"""ANT as a sampler: the `follow` timestep sampler and the `sampled:` MTL wrapper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binom, chisquare
+from torch import nn
+
+from antdiff.errors import AntError
+from antdiff.mtl import SampledMethod, UncertaintyWeighting, build_method, mtl_backward
+from antdiff.tasks import FollowSampler, IntervalPartition, build_timestep_sampler
+
+PART = IntervalPartition.from_bounds([0, 61, 206, 342, 509], 1000)  # unequal widths
+
+
+def fed(weights: list[float], floor: float = 0.1, importance: int = 0) -> FollowSampler:
+    """A sampler whose average is exactly `weights` (decay 0: the last weights)."""
+    s = FollowSampler(PART, floor=floor, decay=0.0, importance=importance)
+    s.after_step(torch.arange(1000), None, torch.tensor(weights))
+    return s
+
+
+def test_probabilities_mix_weights_and_floor() -> None:
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
+    s = fed(w.tolist(), floor=0.2)
+    base = PART.widths.double() / 1000
+    expected = 0.8 * w.double() / w.sum() + 0.2 * base
+    assert torch.allclose(s.probabilities(), expected)
+    assert np.isclose(s.density().sum(), 1.0)
+    assert FollowSampler(PART).probabilities().allclose(base)  # nothing seen yet: uniform t
+
+
+def test_draws_follow_the_probabilities() -> None:
+    s = fed([1.0, 2.0, 3.0, 4.0, 10.0], floor=0.1)
+    t, task = s.sample(20_000, torch.Generator().manual_seed(0))
+    assert torch.equal(task, PART.task_of(t))
+    observed = torch.bincount(task, minlength=PART.k).numpy()
+    assert chisquare(observed, 20_000 * s.probabilities().numpy()).pvalue > 1e-3
+    inside = (t[task == 4] - 509).numpy()  # uniform inside the widest interval (10 bins)
+    assert chisquare(np.bincount(inside * 10 // 491, minlength=10)).pvalue > 1e-3
+
+
+def test_floor_holds_under_extreme_weights() -> None:
+    s = fed([1e-12, 1e-12, 1e-12, 1e-12, 1e12], floor=0.05)
+    p = s.probabilities()
+    base = PART.widths.double() / 1000
+    assert bool((p >= 0.05 * base - 1e-15).all())
+    _, task = s.sample(20_000, torch.Generator().manual_seed(1))
+    n0 = int((task == 0).sum())
+    lo, hi = binom.ppf([1e-4, 1 - 1e-4], 20_000, float(p[0]))
+    assert lo <= n0 <= hi and n0 > 0
+
+
+def test_average_is_smoothed_and_ignores_absent_tasks() -> None:
+    s = FollowSampler(PART, floor=0.0, decay=0.5)
+    s.after_step(torch.arange(1000), None, torch.tensor([1.0, 1, 1, 1, 1]))
+    s.after_step(torch.tensor([0, 600]), None, torch.tensor([3.0, 0, 0, 0, 3]))  # 1-3 absent
+    # bias-corrected: tasks 0 and 4 average (0.5 * 0.5 * 1 + 0.5 * 3) / (1 - 0.5^2) = 7/3,
+    # the absent ones keep their average 1
+    w = torch.tensor([7 / 3, 1, 1, 1, 7 / 3], dtype=torch.float64)
+    assert torch.allclose(s.probabilities(), w / w.sum())
+
+
+def test_state_dict_round_trip_gives_identical_future_draws() -> None:
+    a = FollowSampler(PART, floor=0.1, decay=0.9)
+    for i in range(5):
+        a.after_step(torch.arange(0, 1000, 7), None, torch.rand(5) + i)
+    b = FollowSampler(PART, floor=0.1, decay=0.9)
+    b.load_state_dict(a.state_dict())
+    for step in range(3):
+        ga, gb = torch.Generator().manual_seed(step), torch.Generator().manual_seed(step)
+        ta, ka = a.sample(64, ga)
+        tb, kb = b.sample(64, gb)
+        assert torch.equal(ta, tb) and torch.equal(ka, kb)
+        w = torch.rand(5)
+        a.after_step(ta, None, w)
+        b.after_step(tb, None, w)
+
+
+def test_importance_shares_keep_the_uniform_objective() -> None:
+    s = fed([1.0, 1.0, 5.0, 20.0, 100.0], floor=0.1, importance=1)
+    base = PART.widths.double() / 1000
+    g = torch.Generator().manual_seed(2)
+    shares = torch.stack([s.shares(s.sample(64, g)[1]) for _ in range(4000)])
+    # E[shares_k] = E[n_k] / B * base_k / p_k = base_k; 5 standard errors
+    se = shares.std(0) / 4000**0.5
+    assert bool(((shares.mean(0) - base).abs() <= 5 * se + 1e-12).all())
+    pure = fed([1.0, 1.0, 5.0, 20.0, 100.0], floor=0.1, importance=0)
+    task = torch.tensor([0, 4, 4, 2])
+    assert torch.allclose(pure.shares(task), torch.tensor([0.25, 0, 0.25, 0, 0.5]).double())
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x).squeeze(1)
+
+
+@pytest.mark.parametrize("inner", ["uw", "mean", "famo"])
+def test_wrapper_gives_the_plain_mean_and_the_inner_gradient(inner: str) -> None:
+    torch.manual_seed(0)
+    k, b = 3, 12
+    x, y = torch.randn(b, 3), torch.randn(b)
+    task = torch.tensor([0, 0, 1, 2, 2, 2, 2, 0, 1, 2, 2, 2])
+    model = Tiny()
+    method = build_method(f"sampled:{inner}", k)
+    reference = build_method(inner, k)
+    if inner == "uw":
+        with torch.no_grad():
+            method.inner.log_vars.copy_(torch.tensor([0.3, -1.0, 2.0]))
+            reference.log_vars.copy_(method.inner.log_vars)
+    counts = torch.bincount(task, minlength=k)
+    method.set_shares(counts.double() / b)
+
+    def loss_fn(index: torch.Tensor) -> torch.Tensor:
+        return (model(x[index]) - y[index]).square()
+
+    info = mtl_backward(method, loss_fn, task, counts, model)
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    loss_fn(torch.arange(b)).mean().backward()  # the plain mean over the B samples
+    for g, p in zip(got, model.parameters(), strict=True):
+        assert torch.allclose(g, p.grad, atol=1e-6)
+    assert torch.allclose(info.task_weights.double(), counts.double() / b)
+    with torch.no_grad():
+        per = loss_fn(torch.arange(b))
+    losses = torch.zeros(k).index_add(0, task, per) / counts
+    leaf = losses.clone().requires_grad_()
+    reference(leaf).backward()
+    assert torch.allclose(method.sampling_weights(), leaf.grad, atol=1e-6)
+    for mine, theirs in zip(method.inner.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(mine.grad, theirs.grad, atol=1e-6)
+    assert method.shares is None  # consumed by the step
+
+
+def test_wrapper_state_and_groups_are_the_inner_methods() -> None:
+    method = build_method("sampled:uw", 4, lr=0.05)
+    assert isinstance(method.inner, UncertaintyWeighting)
+    assert method.param_groups()[0]["lr"] == 0.05
+    assert "inner.log_vars" in method.state_dict()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: build_timestep_sampler("follow:1.5", PART),
+        lambda: build_timestep_sampler("follow:0.1,1.0", PART),
+        lambda: build_timestep_sampler("follow:0.1,0.9,0.5", PART),
+        lambda: build_timestep_sampler("follow:0.1,0.9,1,3", PART),
+        lambda: build_timestep_sampler("follow:nan", PART),
+        lambda: build_method("sampled:pcgrad", 3),
+        lambda: build_method("sampled:sampled:uw", 3),
+        lambda: build_method("sampled:uw", 3).set_shares(torch.ones(2)),
+        lambda: build_method("sampled:uw", 3).set_shares(torch.tensor([1.0, -1, 0])),
+        lambda: build_method("sampled:uw", 3)(torch.ones(3)),  # no shares set
+        lambda: FollowSampler(PART).after_step(torch.arange(3), None, torch.ones(4)),
+        lambda: FollowSampler(PART).load_state_dict({"ema": torch.zeros(2)}),
+    ],
+)
+def test_bad_input_is_one_clear_line(make) -> None:
+    with pytest.raises(AntError) as e:
+        make()
+    assert "\n" not in str(e.value)
+
+
+def test_registered_spec_builds_the_sampler() -> None:
+    s = build_timestep_sampler("follow:0.2,0.8,1", PART)
+    assert isinstance(s, FollowSampler)
+    assert (s.floor, s.decay, s.importance_corrected) == (0.2, 0.8, True)
+    assert s.importance(torch.arange(4)) is None and not s.needs_losses
+    assert isinstance(build_method("sampled:mean", 2), SampledMethod)
