@@ -13,6 +13,9 @@ mean loss over t uniform in interval k. Estimators, batch B:
 * `weighter-stratified`: ANT-UW as trained: B/K samples per interval, sum_k w_k (interval mean).
 * `sampler`:             interval ~ pi_k = w_k / sum w, t uniform inside, unit weight; the
                          batch mean times sum w (a constant the learning rate absorbs).
+* `sampler-optimal`:     interval ~ pi*_k proportional to w_k s_k, s_k^2 = E|grad loss|^2 in
+                         interval k (measured by the stratified draws), weight w_k / pi*_k:
+                         the variance-optimal interval density for this estimand.
 * `loss-aware-engine`:   t ~ Improved DDPM's p_t, importance weights (P_k/W_k)/p_t, per-task
                          means over the realised counts n_k (how ANT-UW + loss-aware trains:
                          a task absent from the batch gets weight 0 that step).
@@ -139,12 +142,12 @@ def draws(name: str, ctx: dict, B: int, g: torch.Generator) -> tuple[torch.Tenso
         t, task = StratifiedSampler(part).sample(B, g)
         n = torch.bincount(task, minlength=part.k).double()
         return t, (w / n)[task]
-    if name == "sampler":
-        pi = w / w.sum()
+    if name in ("sampler", "sampler-optimal"):
+        pi = w / w.sum() if name == "sampler" else ctx["optimal"]
         task = torch.multinomial(pi, B, True, generator=g)
         u = torch.rand(B, generator=g, dtype=torch.float64)
         t = part.lefts[task] + (u * widths[task]).long().clamp_max(part.widths[task] - 1)
-        return t, torch.full((B,), float(w.sum()) / B, dtype=torch.float64)
+        return t, (w / pi)[task] / B
     la: LossAwareSampler = ctx["loss_aware"]
     t, task = la.sample(B, g)
     r = la.importance(t).double()
@@ -155,14 +158,25 @@ def draws(name: str, ctx: dict, B: int, g: torch.Generator) -> tuple[torch.Tenso
     return t, (w / (B * ctx["mass"]))[task] * r
 
 
+def optimal_density(mom: Moments, trace: list[float], w, part, B: int) -> torch.Tensor:
+    """pi*_k proportional to w_k s_k, s_k^2 = E|grad loss_i|^2 over t uniform in interval k,
+    from the stratified draws: component k = w_k (mean of n_k ~ B / K per-sample gradients)."""
+    n = B / part.k
+    mean_sq = mom.mean().square().sum(1)
+    second = (torch.tensor(trace, dtype=torch.float64) * n + mean_sq) / w.square()
+    pi = w * second.sqrt()
+    return pi / pi.sum()
+
+
 def part_T(part: IntervalPartition) -> int:
     return int(part.timesteps)
 
 
 ESTIMATORS = [
+    "weighter-stratified",  # first: the reference, and s_k for the optimal density
     "weighter-uniform",
-    "weighter-stratified",
     "sampler",
+    "sampler-optimal",
     "loss-aware-engine",
     "loss-aware-ht",
 ]
@@ -212,6 +226,8 @@ def main() -> None:
         per, tot = mom.trace()
         lper, ltot = mom.loss_var()
         results[name] = {"moments": mom, "trace": per, "trace_total": tot}
+        if name == "weighter-stratified":
+            ctx["optimal"] = optimal_density(mom, per, w, part, args.batch)
         results[name].update(loss_var=lper, loss_var_total=ltot)
     ref = results["weighter-stratified"]
     ref_mean = ref["moments"].mean()
@@ -225,7 +241,7 @@ def main() -> None:
         r["mean_norm"] = float(r["moments"].mean().sum(0).norm())
     for r in results.values():
         del r["moments"]
-    report(results, part, U, w, mass, absent, args)
+    report(results, part, U, w, mass, absent, args, ctx["optimal"])
     payload = {
         "setting": "digits 8x8, unet-tiny, vanilla (uniform t, mean loss), lr 2e-3, batch 64",
         "train_steps": args.steps,
@@ -236,6 +252,7 @@ def main() -> None:
         "interval_loss": U.tolist(),
         "uw_weights": w.tolist(),
         "sampler_probabilities": (w / w.sum()).tolist(),
+        "optimal_probabilities": ctx["optimal"].tolist(),
         "loss_aware_mass": mass.tolist(),
         "loss_aware_p_absent": absent.tolist(),
         "estimators": results,
@@ -246,12 +263,13 @@ def main() -> None:
     print(f"wrote {args.out} ({payload['seconds']} s)")
 
 
-def report(results: dict, part, U, w, mass, absent, args) -> None:
+def report(results: dict, part, U, w, mass, absent, args, optimal) -> None:
     k = part.k
     print(f"intervals {[list(iv) for iv in part.intervals]}, B = {args.batch}, R = {args.draws}")
     print("interval loss U_k  " + " ".join(f"{u:10.4g}" for u in U.tolist()))
     print("UW weight w_k      " + " ".join(f"{x:10.4g}" for x in w.tolist()))
     print("sampler pi_k       " + " ".join(f"{x:10.4g}" for x in (w / w.sum()).tolist()))
+    print("optimal pi*_k      " + " ".join(f"{x:10.4g}" for x in optimal.tolist()))
     print("loss-aware P_k     " + " ".join(f"{x:10.4g}" for x in mass.tolist()))
     print("P(n_k = 0), l-a    " + " ".join(f"{x:10.4g}" for x in absent.tolist()))
     head = " ".join(f"{'I' + str(i):>9}" for i in range(k))

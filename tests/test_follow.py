@@ -138,6 +138,40 @@ def test_wrapper_gives_the_plain_mean_and_the_inner_gradient(inner: str) -> None
     assert method.shares is None  # consumed by the step
 
 
+@pytest.mark.parametrize("inner", ["pcgrad", "nash"])
+def test_gramian_wrapper_gives_the_plain_mean_and_the_inner_weights(inner: str) -> None:
+    torch.manual_seed(1)
+    k, b = 3, 12
+    x, y = torch.randn(b, 3), torch.randn(b)
+    task = torch.tensor([0, 0, 1, 2, 2, 2, 2, 0, 1, 2, 2, 2])
+    model = Tiny()
+    method = build_method(f"sampled:{inner}", k, update_every=2)
+    reference = build_method(inner, k, update_every=2)
+    counts = torch.bincount(task, minlength=k)
+
+    def loss_fn(index: torch.Tensor) -> torch.Tensor:
+        return (model(x[index]) - y[index]).square()
+
+    rows = []
+    for j in range(k):  # the task gradients and their Gramian, by hand
+        model.zero_grad()
+        loss_fn((task == j).nonzero().squeeze(1)).mean().backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    gramian = torch.stack(rows) @ torch.stack(rows).T
+    expected = reference.refresh(gramian)
+    for step in range(2):  # a refresh step, then a step on cached inner weights
+        method.set_shares(counts.double() / b)
+        info = mtl_backward(method, loss_fn, task, counts, model)
+        assert info.refreshed == (step == 0)
+        got = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        model.zero_grad()
+        loss_fn(torch.arange(b)).mean().backward()
+        plain = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        assert torch.allclose(got, plain, atol=1e-6)
+        assert torch.allclose(method.sampling_weights(), expected, atol=1e-5)
+    assert method.default_max_grad_norm is None
+
+
 def test_wrapper_state_and_groups_are_the_inner_methods() -> None:
     method = build_method("sampled:uw", 4, lr=0.05)
     assert isinstance(method.inner, UncertaintyWeighting)
@@ -153,7 +187,6 @@ def test_wrapper_state_and_groups_are_the_inner_methods() -> None:
         lambda: build_timestep_sampler("follow:0.1,0.9,0.5", PART),
         lambda: build_timestep_sampler("follow:0.1,0.9,1,3", PART),
         lambda: build_timestep_sampler("follow:nan", PART),
-        lambda: build_method("sampled:pcgrad", 3),
         lambda: build_method("sampled:sampled:uw", 3),
         lambda: build_method("sampled:uw", 3).set_shares(torch.ones(2)),
         lambda: build_method("sampled:uw", 3).set_shares(torch.tensor([1.0, -1, 0])),

@@ -1,7 +1,7 @@
 """Multi-task methods over K tasks; knows nothing of diffusion.
 
     method = build_method("uw", num_tasks=K)  # mean, uw, famo, pcgrad, nash, torchjd:NAME
-    # sampled:NAME (a loss-based NAME): the model gets the plain mean, NAME learns its weights
+    # sampled:NAME: the model gets the plain mean, NAME only learns weights (antdiff.mtl.sampled)
     optimizer = AdamW([{"params": model.parameters()}, *method.param_groups()], lr=1e-4)
     info = mtl_backward(method, loss_fn, task_ids, task_counts, model, scaler=None)
     if info.finite:
@@ -26,7 +26,7 @@ from antdiff.mtl.famo import FAMO
 from antdiff.mtl.mean import Mean
 from antdiff.mtl.nash import NashMTL, NashSolverError, nash_weights
 from antdiff.mtl.pcgrad import PCGrad, pcgrad_weights
-from antdiff.mtl.sampled import SampledMethod
+from antdiff.mtl.sampled import SampledGramian, SampledMethod, sampled
 from antdiff.mtl.torchjd import TorchJDMethod
 from antdiff.mtl.uw import UncertaintyWeighting
 
@@ -38,7 +38,7 @@ METHODS: dict[str, type[MTLMethod]] = {
     "nash": NashMTL,
 }
 TORCHJD_PREFIX = "torchjd:"
-SAMPLED_PREFIX = "sampled:"  # the plain-mean wrapper of a loss-based method (mtl/sampled.py)
+SAMPLED_PREFIX = "sampled:"  # the plain-mean wrapper (antdiff.mtl.sampled)
 
 
 def build_method(name: str, num_tasks: int, **options: Any) -> MTLMethod:
@@ -46,12 +46,7 @@ def build_method(name: str, num_tasks: int, **options: Any) -> MTLMethod:
     if name.startswith(TORCHJD_PREFIX):
         return TorchJDMethod(num_tasks, name[len(TORCHJD_PREFIX) :], **options)
     if name.startswith(SAMPLED_PREFIX):
-        inner = build_method(name[len(SAMPLED_PREFIX) :], num_tasks, **options)
-        if not isinstance(inner, LossMethod):
-            raise AntError(
-                f"{name}: the sampled: wrapper needs a loss-based method (mean, uw, famo)"
-            )
-        return SampledMethod(num_tasks, inner)
+        return sampled(build_method(name[len(SAMPLED_PREFIX) :], num_tasks, **options))
     cls = METHODS.get(name)
     if cls is None:
         names = ", ".join([*METHODS, TORCHJD_PREFIX + "NAME"])
@@ -83,6 +78,7 @@ __all__ = [
     "NashMTL",
     "NashSolverError",
     "PCGrad",
+    "SampledGramian",
     "SampledMethod",
     "StepInfo",
     "TorchJDMethod",
