@@ -16,6 +16,9 @@ mean loss over t uniform in interval k. Estimators, batch B:
 * `sampler-optimal`:     interval ~ pi*_k proportional to w_k s_k, s_k^2 = E|grad loss|^2 in
                          interval k (measured by the stratified draws), weight w_k / pi*_k:
                          the variance-optimal interval density for this estimand.
+* `follow-0.5`:          the `follow:0.5,0,2` sampler fed w: interval density
+                         0.5 w / sum w + 0.5 |I_k| / T, weight w_k / p_k (unbiased for the
+                         weighted objective; the floor 0.5 is a round choice, not tuned).
 * `loss-aware-engine`:   t ~ Improved DDPM's p_t, importance weights (P_k/W_k)/p_t, per-task
                          means over the realised counts n_k (how ANT-UW + loss-aware trains:
                          a task absent from the batch gets weight 0 that step).
@@ -42,7 +45,7 @@ import torch
 
 from antdiff.config import TrainConfig
 from antdiff.diffusion.loss import per_sample_loss
-from antdiff.tasks import IntervalPartition, LossAwareSampler, StratifiedSampler
+from antdiff.tasks import FollowSampler, IntervalPartition, LossAwareSampler, StratifiedSampler
 from antdiff.train import Trainer
 
 #: the intervals that `affinity:5:auto` chose on digits, seed 0 (docs/results.md)
@@ -148,6 +151,11 @@ def draws(name: str, ctx: dict, B: int, g: torch.Generator) -> tuple[torch.Tenso
         u = torch.rand(B, generator=g, dtype=torch.float64)
         t = part.lefts[task] + (u * widths[task]).long().clamp_max(part.widths[task] - 1)
         return t, (w / pi)[task] / B
+    if name == "follow-0.5":
+        follow: FollowSampler = ctx["follow"]
+        t, task = follow.sample(B, g)
+        n = torch.bincount(task, minlength=part.k).double()
+        return t, (follow.shares(task) * w.sum() / n.clamp_min(1))[task]  # weights sum to 1
     la: LossAwareSampler = ctx["loss_aware"]
     t, task = la.sample(B, g)
     r = la.importance(t).double()
@@ -179,6 +187,7 @@ ESTIMATORS = [
     "sampler-optimal",
     "loss-aware-engine",
     "loss-aware-ht",
+    "follow-0.5",  # last: the draws of the others stay those of earlier versions
 ]
 
 
@@ -213,7 +222,9 @@ def main() -> None:
     mass = torch.zeros(part.k, dtype=torch.float64).index_add(
         0, part.task_of(torch.arange(1000)), p
     )
-    ctx = {"part": part, "w": w, "loss_aware": la, "mass": mass}
+    follow = FollowSampler(part, floor=0.5, decay=0.0, importance=2)
+    follow.after_step(torch.arange(part.timesteps), None, w)
+    ctx = {"part": part, "w": w, "loss_aware": la, "mass": mass, "follow": follow}
     absent = (1 - mass) ** args.batch
 
     results: dict[str, dict] = {}
@@ -253,6 +264,7 @@ def main() -> None:
         "uw_weights": w.tolist(),
         "sampler_probabilities": (w / w.sum()).tolist(),
         "optimal_probabilities": ctx["optimal"].tolist(),
+        "follow_probabilities": follow.probabilities().tolist(),
         "loss_aware_mass": mass.tolist(),
         "loss_aware_p_absent": absent.tolist(),
         "estimators": results,

@@ -79,7 +79,7 @@ def test_state_dict_round_trip_gives_identical_future_draws() -> None:
         b.after_step(tb, None, w)
 
 
-def test_importance_shares_keep_the_uniform_objective() -> None:
+def test_importance_shares_keep_the_objective() -> None:
     s = fed([1.0, 1.0, 5.0, 20.0, 100.0], floor=0.1, importance=1)
     base = PART.widths.double() / 1000
     g = torch.Generator().manual_seed(2)
@@ -87,6 +87,11 @@ def test_importance_shares_keep_the_uniform_objective() -> None:
     # E[shares_k] = E[n_k] / B * base_k / p_k = base_k; 5 standard errors
     se = shares.std(0) / 4000**0.5
     assert bool(((shares.mean(0) - base).abs() <= 5 * se + 1e-12).all())
+    # importance 2: E[shares_k] = the method's (normalised) weights, whatever the floor
+    own = fed([1.0, 1.0, 5.0, 20.0, 100.0], floor=0.6, importance=2)
+    shares = torch.stack([own.shares(own.sample(64, g)[1]) for _ in range(4000)])
+    se = shares.std(0) / 4000**0.5
+    assert bool(((shares.mean(0) - own.weights()).abs() <= 5 * se + 1e-12).all())
     pure = fed([1.0, 1.0, 5.0, 20.0, 100.0], floor=0.1, importance=0)
     task = torch.tensor([0, 4, 4, 2])
     assert torch.allclose(pure.shares(task), torch.tensor([0.25, 0, 0.25, 0, 0.5]).double())
@@ -185,6 +190,7 @@ def test_wrapper_state_and_groups_are_the_inner_methods() -> None:
         lambda: build_timestep_sampler("follow:1.5", PART),
         lambda: build_timestep_sampler("follow:0.1,1.0", PART),
         lambda: build_timestep_sampler("follow:0.1,0.9,0.5", PART),
+        lambda: build_timestep_sampler("follow:0.1,0.9,3", PART),
         lambda: build_timestep_sampler("follow:0.1,0.9,1,3", PART),
         lambda: build_timestep_sampler("follow:nan", PART),
         lambda: build_method("sampled:sampled:uw", 3),
@@ -204,6 +210,6 @@ def test_bad_input_is_one_clear_line(make) -> None:
 def test_registered_spec_builds_the_sampler() -> None:
     s = build_timestep_sampler("follow:0.2,0.8,1", PART)
     assert isinstance(s, FollowSampler)
-    assert (s.floor, s.decay, s.importance_corrected) == (0.2, 0.8, True)
+    assert (s.floor, s.decay, s.mode) == (0.2, 0.8, 1)
     assert s.importance(torch.arange(4)) is None and not s.needs_losses
     assert isinstance(build_method("sampled:mean", 2), SampledMethod)

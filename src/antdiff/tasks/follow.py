@@ -19,7 +19,11 @@ is sum_k shares_k L_k with the shares this sampler gives for the batch it drew:
 
 * importance 0 (the pure sampler): shares_k = n_k / B, i.e. the plain mean over the B samples;
 * importance 1: shares_k = (n_k / B) (base_k / p_k), an unbiased (Horvitz-Thompson) estimate of
-  the uniform-t objective, so only the variance changes.
+  the uniform-t objective, so only the variance changes;
+* importance 2: shares_k = (n_k / B) (wbar_k / p_k), unbiased for the method's own weighted
+  objective sum_k wbar_k L_k: the density only shapes the variance. With UW's weights on
+  digits the variance-optimal density lies between uniform t and p proportional to w
+  (docs: the variance benchmark), which a large floor approximates.
 
 The state (the moving average and its counts) is in `state_dict`; draws are a pure function
 of that state and the generator, so every rank draws the same global batch.
@@ -58,13 +62,12 @@ class FollowSampler(TimestepSampler):
             raise AntError(f"follow floor must lie in [0, 1], got {floor}")
         if not (math.isfinite(decay) and 0.0 <= decay < 1.0):
             raise AntError(f"follow decay must lie in [0, 1), got {decay}")
-        if importance not in (0, 1):
-            raise AntError(f"follow importance must be 0 (pure sampler) or 1, got {importance}")
-        self.floor, self.decay, self.importance_corrected = (
-            float(floor),
-            float(decay),
-            bool(importance),
-        )
+        if importance not in (0, 1, 2):
+            raise AntError(
+                f"follow importance must be 0 (pure sampler), 1 (uniform objective) or 2 "
+                f"(the method's objective), got {importance}"
+            )
+        self.floor, self.decay, self.mode = float(floor), float(decay), int(importance)
         k = partition.k
         self.base = partition.widths.double() / self.T
         self.ema = torch.zeros(k, dtype=torch.float64)
@@ -103,8 +106,10 @@ class FollowSampler(TimestepSampler):
         now with task ids `task` (the `sampled:` wrapper's `set_shares`)."""
         n = torch.bincount(task.long().cpu(), minlength=self.partition.k).double()
         shares = n / n.sum()
-        if self.importance_corrected:
+        if self.mode == 1:
             shares = shares * self.base / self.probabilities()
+        elif self.mode == 2:
+            shares = shares * self.weights() / self.probabilities()
         return shares
 
     def after_step(self, t: Tensor, losses: Tensor | None, task_weights: Tensor) -> None:
