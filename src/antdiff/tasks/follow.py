@@ -2,7 +2,8 @@
 
 A weighting w of the interval losses with a fixed sampling and a density proportional to w with
 unit weight have the same expected gradient and different variances (Kingma & Gao, NeurIPS
-2023, Sec. 4 and App. F). This sampler draws interval k with probability
+2023, "Understanding diffusion objectives as the ELBO ..."). This sampler draws interval k with
+probability
 
     p_k = (1 - floor) * wbar_k / sum_j wbar_j + floor * base_k,    base_k = |I_k| / T,
 
@@ -21,9 +22,9 @@ is sum_k shares_k L_k with the shares this sampler gives for the batch it drew:
 * importance 1: shares_k = (n_k / B) (base_k / p_k), an unbiased (Horvitz-Thompson) estimate of
   the uniform-t objective, so only the variance changes;
 * importance 2: shares_k = (n_k / B) (wbar_k / p_k), unbiased for the method's own weighted
-  objective sum_k wbar_k L_k: the density only shapes the variance. With UW's weights on
-  digits the variance-optimal density lies between uniform t and p proportional to w
-  (docs: the variance benchmark), which a large floor approximates.
+  objective sum_k wbar_k L_k: the density only shapes the variance. At uncertainty
+  weighting's stationary weights on 8x8 digits, the variance-optimal density lies between
+  uniform t and p proportional to w, which a large floor approximates.
 
 The state (the moving average and its counts) is in `state_dict`; draws are a pure function
 of that state and the generator, so every rank draws the same global batch.
