@@ -213,3 +213,30 @@ def test_registered_spec_builds_the_sampler() -> None:
     assert (s.floor, s.decay, s.mode) == (0.2, 0.8, 1)
     assert s.importance(torch.arange(4)) is None and not s.needs_losses
     assert isinstance(build_method("sampled:mean", 2), SampledMethod)
+
+
+def test_loop_contract_moves_the_density_towards_the_inner_weights() -> None:
+    """The hook the trainer runs, by hand: shares before the backward, weights after the step."""
+    torch.manual_seed(3)
+    part = IntervalPartition.from_bounds([0, 50], 100)
+    sampler = FollowSampler(part, floor=0.1, decay=0.5)
+    method = build_method("sampled:uw", 2, lr=0.2)
+    model = Tiny()
+    opt = torch.optim.SGD([{"params": model.parameters()}, *method.param_groups()], lr=0.01)
+    x = torch.randn(256, 3)
+    for step in range(60):
+        t, task = sampler.sample(32, torch.Generator().manual_seed(step))
+        idx = torch.randint(0, 256, (32,))
+        scale = torch.where(task == 0, 3.0, 0.1)  # task 0's losses are ~900x task 1's
+
+        def loss_fn(i: torch.Tensor, idx=idx, scale=scale) -> torch.Tensor:
+            return (model(x[idx[i]]) - scale[i] * 10).square()
+
+        method.set_shares(sampler.shares(task))
+        mtl_backward(method, loss_fn, task, torch.bincount(task, minlength=2), model)
+        opt.step()
+        sampler.after_step(t, None, method.sampling_weights())
+    log_vars = method.inner.log_vars.detach()
+    assert log_vars[0] > log_vars[1]  # UW learned to weight the small-loss task up
+    p = sampler.probabilities()
+    assert p[1] > 0.5 and p[0] >= 0.1 * 0.5  # the density follows, the floor holds
