@@ -3,7 +3,7 @@ the measurement's size, compared with the partition of a fully trained run, and 
 
 One vanilla training run (what an auto run's warm-up is: the same batches, the same weights)
 is measured at every snapshot step of every setting: warm-up W steps, S snapshots (at W/S, ...,
-W), B bins, a probe of P samples, as `antdiff.autoclusters` does (count-sketch 1024, the run's
+W), B bins, a probe of P samples, as `antdiff.affinity.auto` does (count-sketch 1024, the run's
 seed for the probe, (seed, step) for the projection, the mean rounded to 4 decimals). The
 reference is the manual recipe's matrix: the same run trained on to 1,500 steps, measured with
 50 bins and a probe of 64 at steps 300, 600, ..., 1500 and averaged. Each K = 5 partition is
@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from antdiff.analysis.gradients import LossSetup, affinity_matrix, bin_edges, make_probe
-from antdiff.analysis.sketch import block_seed
+from antdiff.affinity.auto import snapshot_steps
+from antdiff.affinity.gradients import LossSetup, affinity_matrix, bin_edges, make_probe
+from antdiff.affinity.sketch import block_seed
 from antdiff.cli import train_config
 from antdiff.tasks import cluster_timesteps
 from antdiff.train import Trainer
@@ -34,10 +35,6 @@ TRAIN = "--dataset digits --batch-size 64 --lr 2e-3 --method vanilla --steps 150
 WARMUPS, SNAPSHOTS, BINS, PROBES = (20, 50, 100, 200), (1, 3, 5), (10, 20, 50), (16, 32, 64)
 DEFAULT = {"bins": 20, "probe": 32, "snapshots": 3}
 REFERENCE = {"steps": (300, 600, 900, 1200, 1500), "bins": 50, "probe": 64}
-
-
-def snapshot_steps(warmup: int, snapshots: int) -> list[int]:
-    return [round(warmup * (i + 1) / snapshots) for i in range(snapshots)]
 
 
 def settings() -> list[dict]:

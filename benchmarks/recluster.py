@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from antdiff import build, distributed
-from antdiff.analysis.gradients import affinity_matrix
-from antdiff.analysis.sketch import block_seed
-from antdiff.autoclusters import SKETCH_DIM, AutoClusters
+from antdiff.affinity.auto import SKETCH_DIM, AutoClusters
+from antdiff.affinity.gradients import affinity_matrix
+from antdiff.affinity.sketch import block_seed
 from antdiff.cli import train_config
 from antdiff.tasks import IntervalPartition, cluster_timesteps
 from antdiff.train import Trainer
@@ -60,7 +60,7 @@ class ReclusteringTrainer(Trainer):
         row = super().train_step()
         switched = self.auto is None and self.parts.info.clustering_cost == "affinity"
         if switched and self.meter is None:  # the warm-up's measurement set, kept for re-use
-            self.meter = AutoClusters(self.cfg, self.parts.data, self.parts.schedule)
+            self.meter = build.affinity_measurement(self.cfg, self.parts.data, self.parts.schedule)
             self.switch, self.changes = self.step, []
         if switched and self.step > self.switch and (self.step - self.switch) % self.every == 0:
             self.recluster()
@@ -88,13 +88,11 @@ class ReclusteringTrainer(Trainer):
         if chosen.partition == old:
             return
         info = dataclasses.replace(self.parts.info, partition=chosen.partition)
-        sampler, method, _ = build.tasks(self.cfg, info, self.parts.schedule)
+        timestep_sampler, method, _ = build.tasks(self.cfg, info, self.parts.schedule)
         with torch.no_grad():
-            method.log_vars.copy_(carried_log_vars(old, chosen.partition, self.method.log_vars))
-        self.method = method.to(self.dist.device)
-        self.parts = dataclasses.replace(self.parts, info=info, sampler=sampler, method=method)
-        for group in method.param_groups():
-            self.optimizer.add_param_group(group)
+            old_log_vars = self.parts.method.log_vars
+            method.log_vars.copy_(carried_log_vars(old, chosen.partition, old_log_vars))
+        self.state.use_tasks(info, timestep_sampler, method, self.parts.weighting)
 
 
 def main(argv: list[str] | None = None) -> int:

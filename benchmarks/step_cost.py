@@ -2,7 +2,7 @@
 
 For each model (8x8 digits UNet2DModel ~0.7M params; 32x32 UNet2DModel ~2.7M) and each number of
 tasks K in {2, 5, 10}: ms/step (forward, backward, optimizer step) and the peak extra memory of
-a step, for vanilla (plain `loss.mean().backward()`), `mean` through `mtl_backward`, uw, famo,
+a step, for vanilla (plain `loss.mean().backward()`), `mean` through `ant_backward`, uw, famo,
 pcgrad and nash (refresh every 25: (refresh + 24 cached steps) / 25, both measured).
 Methods are interleaved round-robin over repeats, so drift in machine load hits all of them.
 Peak memory: CUDA max_memory_allocated above the model; on CPU the peak RSS of a forked child
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 
 from antdiff.models import build_model
-from antdiff.mtl import build_method, mtl_backward
+from antdiff.mtl import ant_backward, build_method
 from antdiff.tasks import IntervalPartition, StratifiedSampler
 
 # name -> (antdiff model, image size, overrides of its diffusers config)
@@ -139,7 +139,7 @@ def make_stepper(unet: UNet2DModel, variant: str, k: int) -> Callable[[tuple], N
         if method is None:
             loss_fn(torch.arange(len(ids), device=ids.device)).mean().backward()
         else:
-            mtl_backward(method, loss_fn, ids, None, unet)
+            ant_backward(method, loss_fn, ids, None, unet)
             if method.default_max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(unet.parameters(), method.default_max_grad_norm)
         opt.step()

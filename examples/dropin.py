@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from sklearn.datasets import load_digits
 
-from antdiff.mtl import build_method, mtl_after_step, mtl_backward  # ANT
+from antdiff.mtl import ant_after_step, ant_backward, build_method  # ANT
 from antdiff.tasks import IntervalPartition, StratifiedSampler  # ANT
 
 
 def denoising_loss(unet: UNet2DModel, xt: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
-    """The per-sample loss of any sub-batch idx, as mtl_backward calls it (one per task)."""
+    """The per-sample loss of any sub-batch idx, as ant_backward calls it (one per task)."""
 
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
         pred = unet(xt[idx], t[idx]).sample
@@ -55,12 +55,12 @@ def main(steps: int = 300, method_name: str = "uw", batch_size: int = 64) -> lis
         loss_fn = denoising_loss(unet, xt, t, noise)
 
         optimizer.zero_grad()
-        info = mtl_backward(method, loss_fn, task_ids, None, unet)  # ANT: not loss.backward()
+        info = ant_backward(method, loss_fn, task_ids, None, unet)  # ANT: not loss.backward()
         if method.default_max_grad_norm is not None:  # nash: clip to 1.0 as the paper
             torch.nn.utils.clip_grad_norm_(unet.parameters(), method.default_max_grad_norm)
         if info.finite:
             optimizer.step()
-            mtl_after_step(method, loss_fn, task_ids, None, unet)  # no-op but for FAMO same_batch
+            ant_after_step(method, loss_fn, task_ids, None, unet)  # no-op but for FAMO same_batch
         history.append(float(info.task_losses.nanmean()))
         if step % 50 == 0 or step == steps - 1:
             losses = ", ".join(f"{v:.3f}" for v in info.task_losses.tolist())

@@ -3,7 +3,7 @@
 For each method, 3 optimizer steps of a tiny MLP in an `accelerate` loop (gradient accumulation
 over 2 micro-batches, `AcceleratedMTL`, the method's parameters in the prepared optimizer,
 accelerate's gradient clipping) must give the parameters of a plain one-process loop taking
-`mtl_backward` on each step's whole global batch. The timesteps' task ids are fixed (a task
+`ant_backward` on each step's whole global batch. The timesteps' task ids are fixed (a task
 present on one rank and one micro-batch only). With `--scaler`, accelerate's optimizer holds a
 GradScaler (as with fp16 on a GPU; here on CPU, fp32 forward): the update must still equal the
 plain loop, the scale must move once per step, and an overflowing step must be skipped.
@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from antdiff.integrations.accelerate import AcceleratedMTL
-from antdiff.mtl import build_method, mtl_backward
+from antdiff.mtl import ant_backward, build_method
 
 K, STEPS, MICRO, GLOBAL = 3, 3, 2, 16
 METHODS = {"mean": {}, "uw": {}, "famo": {}, "pcgrad": {"seed": 7}, "nash": {"update_every": 2}}
@@ -41,7 +41,7 @@ def make_model() -> nn.Module:
 class FixedTasks:
     """A timestep sampler whose windows are this rank's share of IDS (t = the sample's index)."""
 
-    observes = False
+    needs_losses = False
 
     def __init__(self, rank: int, world: int) -> None:
         share = GLOBAL // world
@@ -69,7 +69,7 @@ def plain(name: str, clip: float) -> list[torch.Tensor]:
     for step in range(STEPS):
         x, y = global_batch(step)
         opt.zero_grad()
-        mtl_backward(method, loss_of(net, x, y, IDS), IDS, None, net)
+        ant_backward(method, loss_of(net, x, y, IDS), IDS, None, net)
         nn.utils.clip_grad_norm_(net.parameters(), clip)
         opt.step()
     return [p.detach().clone() for p in net.parameters()]
@@ -99,8 +99,8 @@ def accelerated(name: str, clip: float, scaler: bool) -> tuple[list[torch.Tensor
             with accelerator.accumulate(model):
                 t, ids = ant.timesteps(micro)
                 loss_fn = loss_of(model, x[t], y[t] * (float("inf") if overflow else 1.0), ids)
-                info = ant.backward(loss_fn, ids, model)
-                assert (info is None) == (m < MICRO - 1)
+                step_info = ant.backward(loss_fn, ids, model)
+                assert (step_info is None) == (m < MICRO - 1)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), clip)
                 opt.step()

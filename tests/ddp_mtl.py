@@ -20,7 +20,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from antdiff.errors import AntError
-from antdiff.mtl import Accumulation, build_method, mtl_after_step, mtl_backward
+from antdiff.mtl import Accumulation, ant_after_step, ant_backward, build_method
 
 K = 3
 STEPS = 3
@@ -83,7 +83,7 @@ def train(
 
         opt.zero_grad()
         if micro == 1:
-            info = mtl_backward(method, loss_fn, ids, counts, model)
+            info = ant_backward(method, loss_fn, ids, counts, model)
         else:
             acc = Accumulation(method, model, counts, micro_batches=micro)
             for part in torch.tensor_split(torch.arange(len(ids)), micro):
@@ -93,7 +93,7 @@ def train(
         if method.default_max_grad_norm is not None:
             nn.utils.clip_grad_norm_(net.parameters(), method.default_max_grad_norm)
         opt.step()
-        mtl_after_step(method, loss_fn, ids, counts, model)
+        ant_after_step(method, loss_fn, ids, counts, model)
     params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in net.parameters()]
     return [p.detach().clone() for p in params], method.state_dict()
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from antdiff.affinity.gradients import LossSetup, Probe, affinity_matrix, bin_edges, probe_timesteps
+from antdiff.affinity.sketch import GradientSketch
 from antdiff.analysis.affinity import AffinityResult, run_affinity
-from antdiff.analysis.gradients import LossSetup, Probe, affinity_matrix, bin_edges, probe_timesteps
-from antdiff.analysis.sketch import GradientSketch
 from antdiff.api import train
 from antdiff.cli import main
 from antdiff.config import make_config
@@ -227,7 +227,7 @@ def test_missing_run_and_run_without_checkpoint(toy_run: Path, tmp_path: Path, c
 
 
 def test_zero_gradient_is_an_error() -> None:
-    from antdiff.analysis.sketch import cosine_matrix
+    from antdiff.affinity.sketch import cosine_matrix
 
     with pytest.raises(AntError, match="zero loss gradient"):
         cosine_matrix(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))

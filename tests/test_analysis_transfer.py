@@ -103,6 +103,7 @@ def test_specialist_configs_and_budgets(tmp_path: Path) -> None:
         _plan(tmp_path, intervals="0:99,100:999", method="uw")
 
 
+@pytest.mark.slow
 def test_transfer_end_to_end_on_a_toy(tmp_path: Path) -> None:
     plan = _plan(tmp_path)
     result = run_transfer(plan)

@@ -19,11 +19,12 @@ import torch
 
 from antdiff import checkpoint
 from antdiff.cli import main, train_config
-from antdiff.config import TrainConfig, affinity_warmup
+from antdiff.config import TrainConfig
 from antdiff.diffusion import NoiseSchedule
 from antdiff.errors import AntError
 from antdiff.tasks import cluster_timesteps
 from antdiff.train import Trainer
+from antdiff.validation import affinity_warmup
 from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
 
 AUTO = [
@@ -53,7 +54,7 @@ AUTO = [
 SLOW_MEASURE = """
 import sys, time
 from pathlib import Path
-import antdiff.autoclusters as a
+import antdiff.affinity.auto as a
 real, marker = a.affinity_matrix, Path(sys.argv[1])
 def slow(*args, **kw):
     marker.write_text(str(int(marker.read_text() or 0) + 1) if marker.exists() else "1")
@@ -77,6 +78,7 @@ def whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_the_warm_up_is_vanilla_and_the_tasks_come_from_the_measured_affinity(whole: Path):
     tasks = json.loads((whole / "tasks.json").read_text())
     assert tasks["step"] == 12 and tasks["snapshots"] == [4, 8, 12] and tasks["bins"] == 8
@@ -122,6 +124,7 @@ def _measured(n: int):
     return lambda marker: marker.is_file() and marker.read_text() == str(n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "when",
     [
@@ -155,6 +158,7 @@ def test_resume_is_exact_across_the_switch(whole: Path, tmp_path: Path, when: st
     )
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_the_measurement_included(tmp_path: Path) -> None:
     argv = [
         *AUTO,
@@ -191,7 +195,7 @@ def test_a_resume_with_other_steps_keeps_the_warm_up_schedule_it_began(tmp_path:
         assert t.auto.at == [2, 4, 6]
         for _ in range(3):
             t.train_step()
-            assert t.auto.observe(t.step, t.model, t.dist) is None
+            assert t.auto.measure_if_due(t.step, t.model, t.dist) is None
         t.save()
     shorter = train_config([*flags, "--steps", "150", "--out", str(tmp_path / "r")])
     assert affinity_warmup(shorter) == 3  # a fresh run of 150 steps would measure at 1, 2, 3
@@ -199,4 +203,37 @@ def test_a_resume_with_other_steps_keeps_the_warm_up_schedule_it_began(tmp_path:
         assert t.step == 3 and t.auto.at == [2, 4, 6] and len(t.auto.matrices) == 1
         t.auto.at = [1, 2, 3]  # had it been recomputed from the new steps: step 4 is past 2
         with pytest.raises(AntError, match="snapshot due at step 2 was missed"):
-            t.auto.observe(4, t.model, t.dist)
+            t.auto.measure_if_due(4, t.model, t.dist)
+
+
+def test_a_run_recorded_during_its_warm_up_by_an_older_version_resumes_exactly(
+    whole: Path, tmp_path: Path
+) -> None:
+    """Older versions recorded the warm-up as the clustering cost "warm-up" (run.json and the
+    checkpoint), with no `warming_up`: such a run is read as warming up and resumes exactly."""
+    out = tmp_path / "old"
+    cfg = train_config([*AUTO, "--steps", "24", "--checkpoint-every", "3", "--out", str(out)])
+    with Trainer.start(cfg) as t:
+        assert t.parts.info.warming_up and t.parts.info.clustering_cost == "timestep"
+        for _ in range(6):
+            t.train_step()
+            assert t.auto.measure_if_due(t.step, t.model, t.dist) is None
+        t.save()
+    record = json.loads((out / "run.json").read_text())
+    assert record["warming_up"] is True
+    del record["warming_up"]
+    (out / "run.json").write_text(json.dumps({**record, "clustering_cost": "warm-up"}))
+    state_pt = checkpoint.latest(out) / checkpoint.STATE
+    state = torch.load(state_pt, weights_only=True)
+    state.pop("warming_up", None)
+    torch.save({**state, "clustering_cost": "warm-up"}, state_pt)
+    with Trainer.start(train_config(["--resume", "--out", str(out)]), resume=True) as t:
+        info = t.parts.info
+        assert (info.warming_up, info.clustering_cost, t.step) == (True, "timestep", 6)
+        assert t.auto is not None and len(t.auto.matrices) == 1
+    assert main(["train", "--resume", "--out", str(out)]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["warming_up"] is False and record["clustering_cost"] == "affinity"
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = final_weights(whole, name), final_weights(out, name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name

@@ -92,8 +92,8 @@ def test_loss_aware_is_uniform_until_full_then_unbiased() -> None:
     assert s.probabilities().tolist() == [1 / T] * T and s.importance(torch.arange(3)).eq(1).all()
     loss = torch.linspace(0.01, 3.0, T, dtype=torch.float64) ** 2  # L_t, one value per t
     t = torch.arange(T)
-    s.observe(t, loss + 5)  # older: pushed out by the next two
-    s.observe(torch.cat([t, t]), torch.cat([loss, loss]))
+    s.after_step(t, loss + 5, torch.ones(PART.k))  # older: pushed out by the next two
+    s.after_step(torch.cat([t, t]), torch.cat([loss, loss]), torch.ones(PART.k))
     p = s.probabilities()
     expected = loss / loss.sum() * (1 - s.UNIFORM) + s.UNIFORM / T  # sqrt(E[L^2]) = L
     torch.testing.assert_close(p, expected)
@@ -173,6 +173,7 @@ BASELINES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BASELINES))
 @pytest.mark.parametrize("data", ["digits", "toy"])
 def test_each_baseline_trains(tmp_path: Path, name: str, data: str) -> None:
@@ -186,6 +187,7 @@ def test_each_baseline_trains(tmp_path: Path, name: str, data: str) -> None:
     assert "Timestep sampling" in (run / "report.html").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["edm2", "loss-aware"])
 def test_resume_is_exact_with_the_baselines_state(tmp_path: Path, name: str) -> None:
     """EDM2's u network and the loss-aware history are checkpointed: stop at step 10 (a
@@ -202,6 +204,7 @@ def test_resume_is_exact_with_the_baselines_state(tmp_path: Path, name: str) -> 
         assert all(torch.equal(sa[key][k], sb[key][k]) for k in sa[key]), key
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path: Path) -> None:
     """EDM2's u gradients are averaged over ranks (its network is outside DDP); the loss-aware
     history is fed the global batch's losses on every rank."""

@@ -90,6 +90,7 @@ def test_bad_affinity_files_exit_2(tmp_path, capsys) -> None:
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_error_from_the_shell_has_no_traceback(tmp_path) -> None:
     argv = ["cluster", "--cost", "affinity", "--affinity", str(tmp_path / "missing.npy")]
     proc = subprocess.run([sys.executable, "-m", "antdiff", *argv], capture_output=True, text=True)

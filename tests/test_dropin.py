@@ -34,7 +34,7 @@ def readme_snippet() -> str:
 def test_readme_dropin_snippet_runs(one_thread, capsys) -> None:
     namespace: dict = {}
     exec(compile(readme_snippet(), "README.md", "exec"), namespace)
-    info, unet = namespace["info"], namespace["unet"]
+    info, unet = namespace["step_info"], namespace["unet"]
     assert info.finite and torch.isfinite(info.task_losses).all()
     assert info.task_weights.shape == (5,) and (info.task_weights > 0).all()
     assert all(torch.isfinite(p).all() for p in unet.parameters())

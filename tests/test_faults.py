@@ -20,6 +20,8 @@ from antdiff import build, checkpoint
 from antdiff.cli import main
 from antdiff.rundir import RunDir
 
+pytestmark = pytest.mark.slow
+
 TOY = [
     "--dataset",
     "toy:gaussians8",

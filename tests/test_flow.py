@@ -161,6 +161,7 @@ def test_flow_defaults() -> None:
     assert (cfg.prediction, cfg.sampler) == ("velocity", "euler")
 
 
+@pytest.mark.slow
 def test_flow_run_trains_evaluates_exports_and_samples_from_the_export(tmp_path: Path) -> None:
     over = {
         "steps": 10,
@@ -200,6 +201,7 @@ def test_flow_run_trains_evaluates_exports_and_samples_from_the_export(tmp_path:
     assert main(["sample", "--run", str(out), "--num", "2", "--out", str(tmp_path / "s.png")]) == 0
 
 
+@pytest.mark.slow
 def test_flow_resume_is_exact(tmp_path: Path) -> None:
     over = {
         "method": "uw",
@@ -218,6 +220,7 @@ def test_flow_resume_is_exact(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_flow_ddp_two_processes_equal_one(tmp_path: Path) -> None:
     flags = {
         **FAST,
@@ -241,6 +244,7 @@ def test_flow_ddp_two_processes_equal_one(tmp_path: Path) -> None:
     assert_same_weights(one, tmp_path / "two")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "clusters"),
     [

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import binom, chisquare
 from torch import nn
 
+from antdiff import checkpoint
+from antdiff.cli import main, train_config
 from antdiff.errors import AntError
-from antdiff.mtl import SampledMethod, UncertaintyWeighting, build_method, mtl_backward
+from antdiff.mtl import SampledMethod, UncertaintyWeighting, ant_backward, build_method
 from antdiff.tasks import FollowSampler, IntervalPartition, build_timestep_sampler
+from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
 
+_NO_ATTN = json.dumps(NO_ATTENTION)
 PART = IntervalPartition.from_bounds([0, 61, 206, 342, 509], 1000)  # unequal widths
 
 
@@ -125,7 +131,7 @@ def test_wrapper_gives_the_plain_mean_and_the_inner_gradient(inner: str) -> None
     def loss_fn(index: torch.Tensor) -> torch.Tensor:
         return (model(x[index]) - y[index]).square()
 
-    info = mtl_backward(method, loss_fn, task, counts, model)
+    info = ant_backward(method, loss_fn, task, counts, model)
     got = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     loss_fn(torch.arange(b)).mean().backward()  # the plain mean over the B samples
@@ -166,7 +172,7 @@ def test_gramian_wrapper_gives_the_plain_mean_and_the_inner_weights(inner: str) 
     expected = reference.refresh(gramian)
     for step in range(2):  # a refresh step, then a step on cached inner weights
         method.set_shares(counts.double() / b)
-        info = mtl_backward(method, loss_fn, task, counts, model)
+        info = ant_backward(method, loss_fn, task, counts, model)
         assert info.refreshed == (step == 0)
         got = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
         model.zero_grad()
@@ -233,10 +239,75 @@ def test_loop_contract_moves_the_density_towards_the_inner_weights() -> None:
             return (model(x[idx[i]]) - scale[i] * 3).square()
 
         method.set_shares(sampler.shares(task))
-        mtl_backward(method, loss_fn, task, torch.bincount(task, minlength=2), model)
+        ant_backward(method, loss_fn, task, torch.bincount(task, minlength=2), model)
         opt.step()
         sampler.after_step(t, None, method.sampling_weights())
     log_vars = method.inner.log_vars.detach()
     assert log_vars[0] > log_vars[1]  # UW learned to weight the small-loss task up
     p = sampler.probabilities()
     assert p[1] > 0.5 and p[0] >= 0.1 * 0.5  # the density follows, the floor holds
+
+
+# ----------------------------------------------------------------------------- in the loop
+FOLLOW = [
+    "--dataset=digits",
+    "--batch-size=15",
+    "--num-samples=2",
+    "--sample-steps=2",
+    "--log-every=4",
+    "--method=sampled:uw",
+    "--timestep-sampling=follow:0.3,0.5,2",
+]
+
+
+def _state(run) -> dict:
+    return torch.load(checkpoint.latest(run) / "state.pt", weights_only=True)
+
+
+def test_the_loop_feeds_the_sampler_the_inner_weights(tmp_path) -> None:
+    """After training, the sampler's average is the inner UW's weights, not the shares."""
+    assert main(["train", *FOLLOW, "--steps=6", f"--out={tmp_path / 'r'}"]) == 0
+    state = _state(tmp_path / "r")
+    assert int(state["sampler"]["seen"].min()) > 0
+    log_vars = state["method"]["inner.log_vars"]
+    uw = 0.5 * torch.exp(-log_vars.double()) / log_vars.numel()  # UW's d objective / d L_k
+    sampler = state["sampler"]
+    average = sampler["ema"] / (1 - 0.5 ** sampler["seen"].double())  # bias-corrected (decay 0.5)
+    ratio = average / uw  # after 6 steps of a fast average the two are close, not equal
+    assert float(ratio.max() / ratio.min()) < 1.2
+
+
+@pytest.mark.slow
+def test_resume_is_bit_exact(tmp_path) -> None:
+    flags = [*FOLLOW, "--checkpoint-every=5"]
+    assert main(["train", *flags, "--steps=12", f"--out={tmp_path / 'whole'}"]) == 0
+    assert main(["train", *flags, "--steps=5", f"--out={tmp_path / 'cut'}"]) == 0
+    assert main(["train", "--resume", f"--out={tmp_path / 'cut'}", "--steps=12"]) == 0
+    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = _state(tmp_path / "whole"), _state(tmp_path / "cut")
+    for key in ("sampler", "method"):
+        assert all(torch.equal(sa[key][k], sb[key][k]) for k in sa[key]), key
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path) -> None:
+    argv = [*FOLLOW, "--steps=6", "--checkpoint-every=6", f"--model-options={_NO_ATTN}"]
+    assert main(["train", *argv, f"--out={tmp_path / 'one'}"]) == 0
+    train_two_processes(argv, tmp_path / "two")
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
+    sa, sb = _state(tmp_path / "one"), _state(tmp_path / "two")
+    torch.testing.assert_close(sa["sampler"]["ema"], sb["sampler"]["ema"], rtol=1e-4, atol=1e-8)
+    assert torch.equal(sa["sampler"]["seen"], sb["sampler"]["seen"])
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--method=uw", "--timestep-sampling=follow"], "sampled:uw"),
+        (["--method=sampled:uw", "--timestep-sampling=stratified"], "plain mean"),
+    ],
+)
+def test_follow_and_sampled_go_together(tmp_path, flags, message) -> None:
+    with pytest.raises(AntError, match=message):
+        train_config(["--dataset=digits", *flags, f"--out={tmp_path / 'r'}"])

@@ -38,6 +38,7 @@ def _halves(x: torch.Tensor, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]
     return x[perm[: len(x) // 2]], x[perm[len(x) // 2 :]]
 
 
+@pytest.mark.slow
 def test_feature_net_accuracy_and_shape(net: features.FeatureNet) -> None:
     _, _, hx, hy = digits_split()
     acc = accuracy(net, hx, hy)
@@ -51,6 +52,7 @@ def test_feature_net_accuracy_and_shape(net: features.FeatureNet) -> None:
     assert (net.logits(big).argmax(1) == net.logits(hx[:5]).argmax(1)).float().mean() >= 0.6
 
 
+@pytest.mark.slow
 def test_feature_net_cache_hit(net: features.FeatureNet, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_training(*args, **kwargs):
         raise AssertionError("the cached net was trained again")
@@ -83,6 +85,7 @@ def test_feature_net_bad_input(cache) -> None:
         get_feature_net("mnist")
 
 
+@pytest.mark.slow
 def test_fd_validity_on_digits(net: features.FeatureNet, digits: torch.Tensor) -> None:
     f = net.features(digits)
     assert frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)
@@ -101,6 +104,7 @@ def test_fd_validity_on_digits(net: features.FeatureNet, digits: torch.Tensor) -
     )
 
 
+@pytest.mark.slow
 def test_evaluate_images_deterministic(net: features.FeatureNet, digits: torch.Tensor) -> None:
     _, y, _, hy = digits_split()
     a, b = _halves(digits)
@@ -120,6 +124,7 @@ def test_evaluate_images_deterministic(net: features.FeatureNet, digits: torch.T
     assert ref["fd_halves"] * 10 < ref["fd_noise"]
 
 
+@pytest.mark.slow
 def test_evaluate_images_bad_input(net: features.FeatureNet, digits: torch.Tensor) -> None:
     with pytest.raises(AntError, match="non-empty"):
         evaluate_samples(digits[:0], digits, kind="image", feature_net=net)

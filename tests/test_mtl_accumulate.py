@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from antdiff.errors import AntError
-from antdiff.mtl import Accumulation, build_method, mtl_backward
+from antdiff.mtl import Accumulation, ant_backward, build_method
 
 K = 3
 METHODS = {
@@ -53,7 +53,7 @@ def test_micro_batches_equal_one_step_on_the_whole_batch(name: str, splits: tupl
     many = copy.deepcopy(one)
     rows = torch.arange(12)
     for _ in range(3):  # nash refreshes at the first and third step, uses cached weights between
-        ref = mtl_backward(one, loss_fn(whole, rows), IDS, COUNTS, whole)
+        ref = ant_backward(one, loss_fn(whole, rows), IDS, COUNTS, whole)
         acc = Accumulation(many, parts, COUNTS, micro_batches=len(splits))
         for part in torch.split(rows, list(splits)):
             acc.add(loss_fn(parts, part), IDS[part])

@@ -1,15 +1,25 @@
-"""mtl_backward writes sum_k w_k grad L_k: refreshes, absent tasks, AMP, bad input."""
+"""ant_backward writes sum_k w_k grad L_k: refreshes, absent tasks, AMP, bad input."""
 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 from antdiff.errors import AntError
-from antdiff.mtl import GramianMethod, LossMethod, build_method, mtl_after_step, mtl_backward
+from antdiff.mtl import (
+    GramianMethod,
+    LossMethod,
+    ant_after_step,
+    ant_backward,
+    build_method,
+    mtl_after_step,
+    mtl_backward,
+)
+from antdiff.mtl.rows import TaskGradients
 
 K = 3
 METHODS = ["mean", "uw", "famo", "pcgrad", "nash", "torchjd:upgrad"]
@@ -68,7 +78,7 @@ def test_gradient_equals_weighted_sum_of_task_gradients(name: str) -> None:
     for step in range(3):  # nash: refresh, cached, refresh
         reference = copy.deepcopy(method)
         grads, losses, weights = expected_grads(reference, model, loss_fn, ids, counts)
-        info = mtl_backward(method, loss_fn, ids, counts, model)
+        info = ant_backward(method, loss_fn, ids, counts, model)
         assert info.finite
         gradient_based = name in ("pcgrad", "nash", "torchjd:upgrad")
         assert info.refreshed == (gradient_based and (name != "nash" or step != 1))
@@ -85,7 +95,7 @@ def test_gradient_equals_weighted_sum_of_task_gradients(name: str) -> None:
 def test_uw_parameters_get_their_gradient() -> None:
     model, loss_fn, ids = make_problem()
     method = build_method("uw", num_tasks=K)
-    info = mtl_backward(method, loss_fn, ids, None, model)
+    info = ant_backward(method, loss_fn, ids, None, model)
     expected = 0.5 * (1 - info.task_losses / K)  # d/ds of 0.5 (exp(-s) L / K + s) at s = 0
     torch.testing.assert_close(method.log_vars.grad, expected)
 
@@ -104,7 +114,7 @@ def test_absent_task_is_nan_in_log_and_zero_weight(name: str) -> None:
     method = build_method(name, num_tasks=K)
     reference = copy.deepcopy(method)
     grads, _, _ = expected_grads(reference, model, sub_loss, sub_ids, counts)
-    info = mtl_backward(method, sub_loss, sub_ids, counts, model)
+    info = ant_backward(method, sub_loss, sub_ids, counts, model)
     assert torch.isnan(info.task_losses[1]) and info.task_weights[1] == 0
     assert torch.isfinite(info.task_losses[[0, 2]]).all()
     for p, g in zip(model.parameters(), grads, strict=True):
@@ -116,10 +126,10 @@ def test_grad_scaler_gives_unscaled_gradient(name: str) -> None:
     model, loss_fn, ids = make_problem()
     plain = build_method(name, num_tasks=K)
     scaled = copy.deepcopy(plain)
-    mtl_backward(plain, loss_fn, ids, None, model)
+    ant_backward(plain, loss_fn, ids, None, model)
     plain_grads = [p.grad.clone() for p in model.parameters()]
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
-    info = mtl_backward(scaled, loss_fn, ids, None, model, scaler=scaler)
+    info = ant_backward(scaled, loss_fn, ids, None, model, scaler=scaler)
     assert info.finite
     for p, g in zip(model.parameters(), plain_grads, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=1e-9)
@@ -135,7 +145,7 @@ def test_overflow_skips_step_and_backs_off_scale(name: str) -> None:
     def huge(index: torch.Tensor) -> torch.Tensor:
         return loss_fn(index) * 1e30  # finite in fp32, but scaled gradients overflow
 
-    info = mtl_backward(method, huge, ids, None, model, scaler=scaler)
+    info = ant_backward(method, huge, ids, None, model, scaler=scaler)
     assert not info.finite
     assert scaler.get_scale() == 2.0**99
     assert int(method.step) == 0
@@ -150,10 +160,10 @@ def test_keep_scaled_leaves_the_scaler_to_the_optimizer(name: str) -> None:
     overflow is handed over as an inf that makes scaler.step skip and update halve once."""
     model, loss_fn, ids = make_problem()
     plain, scaled = build_method(name, num_tasks=K), build_method(name, num_tasks=K)
-    mtl_backward(plain, loss_fn, ids, None, model)
+    ant_backward(plain, loss_fn, ids, None, model)
     grads = [p.grad.clone() for p in (*model.parameters(), *plain.parameters())]
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
-    info = mtl_backward(scaled, loss_fn, ids, None, model, scaler=scaler, keep_scaled=True)
+    info = ant_backward(scaled, loss_fn, ids, None, model, scaler=scaler, keep_scaled=True)
     assert info.finite and scaler.get_scale() == 2.0**10
     for p, g in zip((*model.parameters(), *scaled.parameters()), grads, strict=True):
         torch.testing.assert_close(p.grad, g * 2.0**10, rtol=1e-6, atol=1e-9)
@@ -167,7 +177,7 @@ def test_keep_scaled_leaves_the_scaler_to_the_optimizer(name: str) -> None:
     before = [p.detach().clone() for p in model.parameters()]
     opt.zero_grad()
     inf_loss = lambda index: loss_fn(index) * float("inf")  # noqa: E731
-    info = mtl_backward(scaled, inf_loss, ids, None, model, scaler=scaler, keep_scaled=True)
+    info = ant_backward(scaled, inf_loss, ids, None, model, scaler=scaler, keep_scaled=True)
     assert not info.finite
     scaler.step(opt)
     scaler.update()
@@ -186,11 +196,11 @@ def test_non_finite_loss_without_scaler_raises(name: str) -> None:
         return torch.where(ids[index] == 2, torch.full_like(out, float("nan")), out)
 
     with pytest.raises(AntError, match="non-finite"):
-        mtl_backward(method, nan_loss, ids, None, model)
+        ant_backward(method, nan_loss, ids, None, model)
     for p, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(p, b)
     # with a scaler the same step is a documented skip
-    info = mtl_backward(method, nan_loss, ids, None, model, torch.amp.GradScaler("cpu"))
+    info = ant_backward(method, nan_loss, ids, None, model, torch.amp.GradScaler("cpu"))
     assert not info.finite
 
 
@@ -199,27 +209,50 @@ def test_bad_inputs_raise_clear_errors() -> None:
     method = build_method("uw", num_tasks=K)
     counts = torch.bincount(ids, minlength=K)
     with pytest.raises(AntError, match="method has 3 tasks"):
-        mtl_backward(method, loss_fn, ids, torch.tensor([4, 3, 2, 1]), model)
+        ant_backward(method, loss_fn, ids, torch.tensor([4, 3, 2, 1]), model)
     with pytest.raises(AntError, match=r"lie in 0\.\.2"):
-        mtl_backward(method, loss_fn, ids + 1, counts, model)
+        ant_backward(method, loss_fn, ids + 1, counts, model)
     with pytest.raises(AntError, match="differ from the batch"):
-        mtl_backward(method, loss_fn, ids, counts + 1, model)
+        ant_backward(method, loss_fn, ids, counts + 1, model)
     with pytest.raises(AntError, match="1-D integer"):
-        mtl_backward(method, loss_fn, ids.float(), counts, model)
+        ant_backward(method, loss_fn, ids.float(), counts, model)
     with pytest.raises(AntError, match="per-sample losses"):
-        mtl_backward(method, lambda i: loss_fn(i).mean(), ids, counts, model)
+        ant_backward(method, lambda i: loss_fn(i).mean(), ids, counts, model)
     with pytest.raises(AntError, match="per-sample losses"):
-        mtl_backward(build_method("pcgrad", K), lambda i: loss_fn(i)[:1], ids, counts, model)
+        ant_backward(build_method("pcgrad", K), lambda i: loss_fn(i)[:1], ids, counts, model)
 
 
 def test_grad_buffer_is_reused_across_steps() -> None:
     model, loss_fn, ids = make_problem()
     method = build_method("pcgrad", num_tasks=K)
-    mtl_backward(method, loss_fn, ids, None, model)
-    buffer = method._grad_buffer
-    mtl_backward(method, loss_fn, ids, None, model)
-    assert method._grad_buffer is buffer
-    assert buffer.shape == (K, sum(p.numel() for p in model.parameters()))
+    params = list(model.parameters())
+    ant_backward(method, loss_fn, ids, None, model)
+    buffer = TaskGradients.reused(method, params).rows
+    ant_backward(method, loss_fn, ids, None, model)
+    assert TaskGradients.reused(method, params).rows is buffer
+    assert buffer.shape == (K, sum(p.numel() for p in params))
+    assert not any(isinstance(v, torch.Tensor) for v in vars(method).values())  # not on it
+
+
+def test_the_former_names_warn_once_per_call_site_and_give_the_same_step() -> None:
+    torch.manual_seed(0)
+    model, loss_fn, ids = make_problem()
+    torch.manual_seed(0)
+    twin, twin_loss, _ = make_problem()
+    new, old = build_method("pcgrad", num_tasks=K), build_method("pcgrad", num_tasks=K)
+    info = ant_backward(new, loss_fn, ids, None, model)
+    with pytest.warns(DeprecationWarning, match="call ant_backward"):
+        former = mtl_backward(old, twin_loss, ids, None, twin)
+    assert torch.equal(info.task_weights, former.task_weights)
+    assert all(
+        torch.equal(a.grad, b.grad)
+        for a, b in zip(model.parameters(), twin.parameters(), strict=True)
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):  # one call site: one warning
+            mtl_after_step(old, twin_loss, ids, None, twin)
+    assert [type(w.message) for w in caught] == [DeprecationWarning]
 
 
 def test_after_step_hands_the_same_batch_losses_at_the_new_parameters() -> None:
@@ -227,16 +260,16 @@ def test_after_step_hands_the_same_batch_losses_at_the_new_parameters() -> None:
     counts = torch.bincount(ids, minlength=K)
     calls = []
     counted = lambda index: calls.append(1) or loss_fn(index)  # noqa: E731
-    mtl_after_step(build_method("uw", num_tasks=K), counted, ids, counts, model)
+    ant_after_step(build_method("uw", num_tasks=K), counted, ids, counts, model)
     assert not calls  # methods that do not observe cost no forward
 
     method = build_method("famo", num_tasks=K, same_batch=True)
     seen = []
     method.observe = lambda losses, present: seen.append((losses, present))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    mtl_backward(method, loss_fn, ids, counts, model)
+    ant_backward(method, loss_fn, ids, counts, model)
     opt.step()
-    mtl_after_step(method, loss_fn, ids, counts, model)
+    ant_after_step(method, loss_fn, ids, counts, model)
     with torch.no_grad():
         per_sample = loss_fn(torch.arange(ids.numel()))
     expected = torch.stack([per_sample[ids == k].mean() for k in range(K)])

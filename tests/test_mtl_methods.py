@@ -318,6 +318,7 @@ def nash_cvxpy_reference(gram: torch.Tensor) -> torch.Tensor:
     return torch.tensor(prev)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Solution may be inaccurate")
 @pytest.mark.parametrize("k", [2, 3, 5])
 def test_nash_matches_cvxpy_reference(k: int) -> None:

@@ -18,6 +18,7 @@ from antdiff.api import train
 from antdiff.cli import main
 from antdiff.config import make_config
 from antdiff.errors import AntError
+from antdiff.train import Trainer
 from runs import NO_ATTENTION, assert_same_weights, final_weights, train_two_processes
 
 FAST = {
@@ -70,6 +71,7 @@ def test_uw_run_writes_the_run_directory(tmp_path) -> None:
     assert "Per-task loss" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["vanilla", "min-snr", "p2", "famo", "pcgrad", "nash"])
 def test_every_method_trains(tmp_path, method: str) -> None:
     out = run(tmp_path, method, method=method, steps=30)
@@ -78,9 +80,8 @@ def test_every_method_trains(tmp_path, method: str) -> None:
     assert all(torch.isfinite(v).all() for v in final_weights(out).values())
 
 
+@pytest.mark.slow
 def test_famo_same_batch_updates_its_logits_after_each_step(tmp_path) -> None:
-    from antdiff.train import Trainer
-
     cfg = make_config(
         {
             **FAST,
@@ -92,10 +93,12 @@ def test_famo_same_batch_updates_its_logits_after_each_step(tmp_path) -> None:
     )
     trainer = Trainer.start(cfg)
     seen = []
-    observe = trainer.method.observe
-    trainer.method.observe = lambda losses, present: seen.append(losses) or observe(losses, present)
+    observe = trainer.parts.method.observe
+    trainer.parts.method.observe = lambda losses, present: (
+        seen.append(losses) or observe(losses, present)
+    )
     rows = [trainer.train_step() for _ in range(3)]
-    assert len(seen) == 3 and trainer.method.logits.abs().sum() > 0
+    assert len(seen) == 3 and trainer.parts.method.logits.abs().sum() > 0
     # each observed loss is the step's own batch after its update: on average below the step's
     assert sum(float(a.mean()) for a in seen) < sum(sum(r["task_losses"]) / 5 for r in rows)
 
@@ -111,6 +114,31 @@ def _kill_midway(cmd: list[str], run_dir: Path, rng: random.Random) -> None:
     proc.wait()
 
 
+@pytest.mark.parametrize("sampling", ["stratified", "loss-aware"])
+def test_the_timestep_sampler_hears_after_every_step(tmp_path, sampling: str) -> None:
+    over = {"out": str(tmp_path / sampling), "steps": 2, "timestep_sampling": sampling}
+    cfg = make_config({**FAST, **over})
+    heard = []
+    with Trainer.start(cfg) as trainer:
+        sampler = trainer.parts.timestep_sampler
+        after_step = sampler.after_step
+
+        def spy(t: torch.Tensor, losses: torch.Tensor | None, weights: torch.Tensor) -> None:
+            heard.append((t, losses, weights))
+            after_step(t, losses, weights)
+
+        sampler.after_step = spy
+        rows = [trainer.train_step() for _ in range(2)]
+    assert len(heard) == 2
+    for (t, losses, weights), row in zip(heard, rows, strict=True):
+        assert t.shape == (FAST["batch_size"],)
+        assert (losses is None) == (sampling == "stratified")  # gathered only when needed
+        assert losses is None or (losses.shape == t.shape and torch.isfinite(losses).all())
+        assert weights.shape == (5,)
+        assert weights.tolist() == pytest.approx(row["task_weights"], abs=1e-6)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["uw", "pcgrad"])
 def test_resume_after_sigkill_is_bit_exact(tmp_path, method: str) -> None:
     steps = 40
@@ -220,6 +248,7 @@ def test_sample_and_export(tmp_path) -> None:
     assert images.shape == (2, 8, 8, 1)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_equal_one(tmp_path) -> None:
     for method in ("uw", "pcgrad"):
         flags = {
@@ -240,6 +269,7 @@ def test_ddp_two_processes_equal_one(tmp_path) -> None:
         assert_same_weights(one, tmp_path / f"two-{method}")
 
 
+@pytest.mark.slow
 def test_evaluate_json_and_eval_every(tmp_path, capsys) -> None:
     out = run(tmp_path, "ev", method="uw", steps=4, eval_every=2, eval_num=130)
     evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -295,6 +325,7 @@ def test_dit_model_trains(tmp_path) -> None:
     assert all(torch.isfinite(v).all() for v in final_weights(out).values())
 
 
+@pytest.mark.slow
 def test_latent_training_decodes_samples(tmp_path, tiny_vae) -> None:
     out = run(tmp_path, "ldm", vae=tiny_vae, steps=3, num_samples=4)
     meta = json.loads((out / "run.json").read_text())
@@ -305,6 +336,7 @@ def test_latent_training_decodes_samples(tmp_path, tiny_vae) -> None:
     assert x.shape == (3, 1, 8, 8)  # decoded back to pixels
 
 
+@pytest.mark.slow
 def test_evaluate_bad_input(tmp_path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert main(["evaluate", "--run", str(tmp_path / "empty")]) == 2  # not a run directory

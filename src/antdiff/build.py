@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from antdiff.autoclusters import WARMUP, AutoClusters, is_auto
-from antdiff.config import VANILLA, TrainConfig, timestep_range
+from antdiff.affinity.auto import AutoClusters, AutoSettings
+from antdiff.config import VANILLA, TrainConfig
 from antdiff.data import Dataset, load_dataset
-from antdiff.diffusion import FixedWeighting, FlowPath, NoiseSchedule, Schedule, sample_weighting
+from antdiff.diffusion import FlowPath, NoiseSchedule, Schedule, Weighting, sample_weighting
 from antdiff.errors import AntError
 from antdiff.models import Denoiser, build_model
 from antdiff.mtl import MTLMethod, build_method
@@ -30,6 +30,7 @@ from antdiff.tasks import (
     cluster_timesteps,
     clustering_from_spec,
 )
+from antdiff.validation import affinity_warmup, timestep_range
 
 
 def load_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
@@ -55,13 +56,31 @@ def schedule(cfg: TrainConfig) -> Schedule:
     return NoiseSchedule.from_name(cfg.schedule, cfg.timesteps)
 
 
-def clustering(cfg: TrainConfig, noise: Schedule) -> Clustering:
+def clustering(cfg: TrainConfig, schedule: Schedule) -> Clustering:
     """The interval tasks of `--clusters`, by the exact DP on the run's schedule; for
-    affinity:K:auto the K provisional equal intervals of its warm-up (autoclusters.py)."""
-    if is_auto(cfg):
-        k = ClusterSpec.parse(cfg.clusters).k
-        return replace(cluster_timesteps("timestep", k, noise), cost=WARMUP)
-    return clustering_from_spec(cfg.clusters, noise)
+    affinity:K:auto the K provisional equal intervals of its warm-up (antdiff.affinity.auto)."""
+    spec = ClusterSpec.parse(cfg.clusters)
+    if spec.auto:
+        return cluster_timesteps("timestep", spec.k, schedule)
+    return clustering_from_spec(cfg.clusters, schedule)
+
+
+def affinity_measurement(cfg: TrainConfig, data: Dataset, schedule: Schedule) -> AutoClusters:
+    """The online affinity measurement of an affinity:K:auto run, set up from its config."""
+    settings = AutoSettings(
+        k=ClusterSpec.parse(cfg.clusters).k,
+        warmup=affinity_warmup(cfg),
+        snapshots=cfg.affinity_snapshots,
+        bins=cfg.affinity_bins,
+        probe=cfg.affinity_probe,
+        steps=cfg.steps,
+        timesteps=cfg.timesteps,
+        prediction=cfg.prediction,
+        micro_batch=cfg.batch_size,
+        conditional=cfg.conditional,
+        seed=cfg.seed,
+    )
+    return AutoClusters(settings, data, schedule)
 
 
 def auto_model(data: Dataset) -> str:
@@ -81,12 +100,13 @@ def run_info(cfg: TrainConfig, data: Dataset, tasks: Clustering) -> RunInfo:
         num_train=len(data),
         partition=tasks.partition,
         clustering_cost=tasks.cost,
+        warming_up=ClusterSpec.parse(cfg.clusters).auto,
     )
 
 
 def timestep_sampler(cfg: TrainConfig, partition: IntervalPartition) -> TimestepSampler:
     """`--timestep-sampling` over the tasks, or only `--timestep-range` (a specialist)."""
-    bounds = timestep_range(cfg)
+    bounds = timestep_range(cfg.timestep_range, cfg.timesteps)
     if bounds is not None:
         return RangeSampler(bounds, partition)
     if cfg.batch_size < partition.k and cfg.timestep_sampling == "stratified":
@@ -126,15 +146,15 @@ def trained_model(
 
 
 def tasks(
-    cfg: TrainConfig, info: RunInfo, noise: Schedule
-) -> tuple[TimestepSampler, MTLMethod, FixedWeighting]:
+    cfg: TrainConfig, info: RunInfo, schedule: Schedule
+) -> tuple[TimestepSampler, MTLMethod, Weighting]:
     """What trains over the run's tasks: the timestep sampler, the MTL method and the per-sample
     loss weighting (`--weighting`); vanilla's while an affinity:K:auto run warms up."""
-    if info.clustering_cost == WARMUP:
+    if info.warming_up:
         cfg = replace(cfg, **VANILLA, method_options={})
-    weighting = sample_weighting(cfg.weighting, cfg.prediction, noise)
-    sampler = timestep_sampler(cfg, info.partition)
-    return sampler, build_method(cfg.method, info.partition.k, **cfg.method_options), weighting
+    weighting = sample_weighting(cfg.weighting, cfg.prediction, schedule)
+    method = build_method(cfg.method, info.partition.k, **cfg.method_options)
+    return timestep_sampler(cfg, info.partition), method, weighting
 
 
 @dataclass
@@ -145,10 +165,10 @@ class Components:
     heldout: Dataset | None
     info: RunInfo
     schedule: Schedule
-    sampler: TimestepSampler
+    timestep_sampler: TimestepSampler
     model: Denoiser
     method: MTLMethod
-    weighting: FixedWeighting
+    weighting: Weighting
     auto: AutoClusters | None = None  # affinity:K:auto while it warms up
 
     @property
@@ -159,9 +179,18 @@ class Components:
 def components(cfg: TrainConfig, info: RunInfo | None = None) -> Components:
     """Everything a run trains with; `info` (a resumed run's record) fixes the tasks it chose."""
     data, heldout = load_data(cfg)
-    noise = schedule(cfg)
-    info = info or run_info(cfg, data, clustering(cfg, noise))
+    return _components(cfg, data, heldout, schedule(cfg), info)
+
+
+def _components(
+    cfg: TrainConfig,
+    data: Dataset,
+    heldout: Dataset | None,
+    schedule: Schedule,
+    info: RunInfo | None,
+) -> Components:
+    info = info or run_info(cfg, data, clustering(cfg, schedule))
     net = model(cfg, info)
-    sampler, method, weighting = tasks(cfg, info, noise)
-    auto = AutoClusters(cfg, data, noise) if info.clustering_cost == WARMUP else None
-    return Components(data, heldout, info, noise, sampler, net, method, weighting, auto)
+    timestep_sampler, method, weighting = tasks(cfg, info, schedule)
+    auto = affinity_measurement(cfg, data, schedule) if info.warming_up else None
+    return Components(data, heldout, info, schedule, timestep_sampler, net, method, weighting, auto)

@@ -11,7 +11,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from antdiff.config import FIELDS, HELP, PRESETS, TrainConfig, read_config_file, resolve
+from antdiff.config import FIELDS, PRESETS, TrainConfig, read_config_file, resolve
 from antdiff.diffusion.samplers import SAMPLERS
 from antdiff.diffusion.schedule import SCHEDULES
 from antdiff.errors import AntError, Interrupted, out_of_memory
@@ -237,7 +237,7 @@ def _add_config_flags(p: argparse.ArgumentParser, names: Sequence[str] = tuple(F
         kind = hints[name]
         base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
         default = f.default if f.default is not dataclasses.MISSING else "{}"
-        text = f"{HELP[name]} (default {default})".replace("%", "%%")
+        text = f"{f.metadata['help']} (default {default})".replace("%", "%%")
         if base is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:

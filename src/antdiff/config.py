@@ -9,77 +9,189 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from antdiff.diffusion.loss import PREDICTIONS, VELOCITY
-from antdiff.diffusion.samplers import DDPM_SAMPLERS, FLOW_SAMPLERS
-from antdiff.diffusion.schedule import SCHEDULES
-from antdiff.diffusion.weighting import build_weighting
+from antdiff.diffusion.loss import VELOCITY
 from antdiff.errors import AntError
-from antdiff.mtl import METHODS, TORCHJD_PREFIX, GramianMethod, build_method
-from antdiff.tasks import ClusterSpec, IntervalPartition, build_timestep_sampler, check_size
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-OBJECTIVES = ("ddpm", "flow")
+from antdiff.validation import check_type, validate
 
 
 @dataclass
 class TrainConfig:
-    """Everything that determines a run; HELP says what each field means."""
+    """Everything that determines a run; each field's metadata["help"] says what it means (the
+    text of its command-line flag)."""
 
     # data and model
-    dataset: str = "digits"
-    resolution: int | None = None
-    vae: str | None = None
-    holdout: int | None = None
-    model: str = "auto"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    conditional: bool = False
-    label_dropout: float = 0.1
+    dataset: str = field(
+        default="digits",
+        metadata={"help": "digits | toy:NAME | folder:PATH | npz:PATH | mnist:DIR (IDX files)"},
+    )
+    resolution: int | None = field(
+        default=None, metadata={"help": "resize images to this side length"}
+    )
+    vae: str | None = field(
+        default=None,
+        metadata={"help": "a diffusers AutoencoderKL folder: train in its latent space (LDM)"},
+    )
+    holdout: int | None = field(
+        default=None,
+        metadata={
+            "help": "samples kept out of training for the held-out loss (digits: 300, else 0)"
+        },
+    )
+    model: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (by data shape), unet-tiny, unet-small, unet-base, dit-tiny, dit-s, mlp"
+        },
+    )
+    model_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "JSON object overriding the model's diffusers config"},
+    )
+    conditional: bool = field(
+        default=False,
+        metadata={"help": "class-conditional (needs labels); classifier-free guidance at sampling"},
+    )
+    label_dropout: float = field(
+        default=0.1,
+        metadata={
+            "help": "probability of the null label while training (classifier-free guidance)"
+        },
+    )
     # diffusion
-    objective: str = "ddpm"
-    schedule: str = "linear"
-    flow_shift: float = 1.0
-    timesteps: int = 1000
-    prediction: str = "epsilon"
+    objective: str = field(
+        default="ddpm",
+        metadata={
+            "help": "ddpm (noise prediction, DDPM forward process) | flow (flow matching: "
+            "x_t = (1 - t) x0 + t eps, velocity target; sampler euler, prediction velocity)"
+        },
+    )
+    schedule: str = field(
+        default="linear", metadata={"help": "DDPM noise schedule: linear | cosine | scaled-linear"}
+    )
+    flow_shift: float = field(
+        default=1.0,
+        metadata={
+            "help": "flow matching: SD3's shift of t, sigma = s t / (1 + (s - 1) t) (1: none)"
+        },
+    )
+    timesteps: int = field(
+        default=1000,
+        metadata={
+            "help": "number of diffusion timesteps T (flow matching: bins of t for the tasks)"
+        },
+    )
+    prediction: str = field(
+        default="epsilon",
+        metadata={
+            "help": "what the network predicts: epsilon | v | sample (DDPM), velocity (flow)"
+        },
+    )
     # ANT: tasks and the multi-task method
-    clusters: str = "timestep:5"
-    timestep_sampling: str = "stratified"
-    timestep_range: str | None = None
-    method: str = "uw"
-    method_options: dict[str, Any] = field(default_factory=dict)
-    weighting: str = "constant"
-    affinity_warmup: int | None = None
-    affinity_bins: int = 20
-    affinity_probe: int = 32
-    affinity_snapshots: int = 3
+    clusters: str = field(
+        default="timestep:5",
+        metadata={
+            "help": "the interval tasks, COST:K: timestep:K | snr:K | log-snr:K | affinity:K:FILE "
+            "| affinity:K:auto (measured during a warm-up)"
+        },
+    )
+    timestep_sampling: str = field(
+        default="stratified",
+        metadata={
+            "help": "stratified (B/K per interval, the paper) | uniform | "
+            "logit-normal[:m,s] | mode[:scale] | loss-aware[:history]"
+        },
+    )
+    timestep_range: str | None = field(
+        default=None, metadata={"help": "L:R: train on t in [L, R] only (a specialist, for O2)"}
+    )
+    method: str = field(
+        default="uw",
+        metadata={
+            "help": "uw | pcgrad | nash | famo | mean | torchjd:NAME; baselines vanilla | min-snr "
+            "| p2 | debiased | edm2"
+        },
+    )
+    method_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "JSON object of the method's options, e.g. '{\"lr\": 0.025}' for uw"},
+    )
+    weighting: str = field(
+        default="constant",
+        metadata={
+            "help": "fixed loss weighting: constant | min-snr[:gamma] | p2[:gamma=,k=] "
+            "| soft-min-snr | debiased | sigma-sqrt, cosmap (flow)"
+        },
+    )
+    affinity_warmup: int | None = field(
+        default=None,
+        metadata={
+            "help": "affinity:K:auto: vanilla steps before the tasks are chosen (2% of steps)"
+        },
+    )
+    affinity_bins: int = field(
+        default=20,
+        metadata={"help": "affinity:K:auto: equal timestep bins of the affinity measurement"},
+    )
+    affinity_probe: int = field(
+        default=32,
+        metadata={"help": "affinity:K:auto: fixed training samples whose gradients are measured"},
+    )
+    affinity_snapshots: int = field(
+        default=3,
+        metadata={"help": "affinity:K:auto: measurements spread over the warm-up, averaged"},
+    )
     # optimisation
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float | None = None
-    ema_decay: float = 0.999
-    precision: str = "fp32"
-    seed: int = 0
-    device: str = "auto"
+    steps: int = field(default=2000, metadata={"help": "training steps"})
+    batch_size: int = field(
+        default=64, metadata={"help": "the GLOBAL batch, split across processes"}
+    )
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the model"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the model"})
+    grad_clip: float | None = field(
+        default=None,
+        metadata={
+            "help": "clip the gradient norm (default: the method's, Nash-MTL 1.0; else none)"
+        },
+    )
+    ema_decay: float = field(
+        default=0.999, metadata={"help": "decay of the EMA weights that sampling uses"}
+    )
+    precision: str = field(
+        default="fp32", metadata={"help": "fp32 | bf16 | fp16 (bf16 and fp16 need a GPU)"}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "seed of the weights, the batches and the samples"}
+    )
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     # outputs
-    out: str = "runs/run"
-    log_every: int = 50
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    num_samples: int = 64
-    sampler: str = "ddim"
-    sample_steps: int = 50
-    guidance: float = 1.0
-    eval_every: int = 0
-    eval_num: int = 500
+    out: str = field(default="runs/run", metadata={"help": "the run directory"})
+    log_every: int = field(default=50, metadata={"help": "write a metrics.jsonl row every N steps"})
+    checkpoint_every: int = field(default=500, metadata={"help": "save a checkpoint every N steps"})
+    keep_checkpoints: int = field(
+        default=2, metadata={"help": "checkpoints kept on disk (the newest)"}
+    )
+    num_samples: int = field(
+        default=64, metadata={"help": "samples drawn at the end of training (samples.png)"}
+    )
+    sampler: str = field(
+        default="ddim",
+        metadata={"help": "sampler: ddpm | ddim | dpm++ (DDPM), euler | heun (flow)"},
+    )
+    sample_steps: int = field(default=50, metadata={"help": "sampling steps"})
+    guidance: float = field(
+        default=1.0, metadata={"help": "classifier-free guidance scale of the samples"}
+    )
+    eval_every: int = field(
+        default=0,
+        metadata={"help": "evaluate the EMA model every N steps into metrics.jsonl (0: never)"},
+    )
+    eval_num: int = field(default=500, metadata={"help": "samples per evaluation"})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,56 +202,6 @@ class TrainConfig:
             return self.holdout
         return 300 if self.dataset == "digits" else 0
 
-
-HELP = {
-    "dataset": "digits | toy:NAME | folder:PATH | npz:PATH | mnist:DIR (IDX files)",
-    "resolution": "resize images to this side length",
-    "vae": "a diffusers AutoencoderKL folder: train in its latent space (LDM)",
-    "holdout": "samples kept out of training for the held-out loss (digits: 300, else 0)",
-    "model": "auto (by data shape), unet-tiny, unet-small, unet-base, dit-tiny, dit-s, mlp",
-    "model_options": "JSON object overriding the model's diffusers config",
-    "conditional": "class-conditional (needs labels); classifier-free guidance at sampling",
-    "label_dropout": "probability of the null label while training (classifier-free guidance)",
-    "objective": "ddpm (noise prediction, DDPM forward process) | flow (flow matching: "
-    "x_t = (1 - t) x0 + t eps, velocity target; sampler euler, prediction velocity)",
-    "schedule": "DDPM noise schedule: linear | cosine | scaled-linear",
-    "flow_shift": "flow matching: SD3's shift of t, sigma = s t / (1 + (s - 1) t) (1: none)",
-    "timesteps": "number of diffusion timesteps T (flow matching: bins of t for the tasks)",
-    "prediction": "what the network predicts: epsilon | v | sample (DDPM), velocity (flow)",
-    "clusters": "the interval tasks, COST:K: timestep:K | snr:K | log-snr:K | affinity:K:FILE | "
-    "affinity:K:auto (measured during a warm-up)",
-    "timestep_sampling": "stratified (B/K per interval, the paper) | uniform | "
-    "logit-normal[:m,s] | mode[:scale] | loss-aware[:history]",
-    "timestep_range": "L:R: train on t in [L, R] only (a specialist, for O2)",
-    "method": "uw | pcgrad | nash | famo | mean | torchjd:NAME; baselines vanilla | min-snr | p2 "
-    "| debiased | edm2",
-    "method_options": "JSON object of the method's options, e.g. '{\"lr\": 0.025}' for uw",
-    "weighting": "fixed loss weighting: constant | min-snr[:gamma] | p2[:gamma=,k=] | soft-min-snr "
-    "| debiased | sigma-sqrt, cosmap (flow)",
-    "affinity_warmup": "affinity:K:auto: vanilla steps before the tasks are chosen (2%% of steps)",
-    "affinity_bins": "affinity:K:auto: equal timestep bins of the affinity measurement",
-    "affinity_probe": "affinity:K:auto: fixed training samples whose gradients are measured",
-    "affinity_snapshots": "affinity:K:auto: measurements spread over the warm-up, averaged",
-    "steps": "training steps",
-    "batch_size": "the GLOBAL batch, split across processes",
-    "lr": "AdamW learning rate of the model",
-    "weight_decay": "AdamW weight decay of the model",
-    "grad_clip": "clip the gradient norm (default: the method's, Nash-MTL 1.0; else none)",
-    "ema_decay": "decay of the EMA weights that sampling uses",
-    "precision": "fp32 | bf16 | fp16 (bf16 and fp16 need a GPU)",
-    "seed": "seed of the weights, the batches and the samples",
-    "device": "auto | cpu | cuda | cuda:N",
-    "out": "the run directory",
-    "log_every": "write a metrics.jsonl row every N steps",
-    "checkpoint_every": "save a checkpoint every N steps",
-    "keep_checkpoints": "checkpoints kept on disk (the newest)",
-    "num_samples": "samples drawn at the end of training (samples.png)",
-    "sampler": "sampler: ddpm | ddim | dpm++ (DDPM), euler | heun (flow)",
-    "sample_steps": "sampling steps",
-    "guidance": "classifier-free guidance scale of the samples",
-    "eval_every": "evaluate the EMA model every N steps into metrics.jsonl (0: never)",
-    "eval_num": "samples per evaluation",
-}
 
 # Named starting points; any flag overrides them.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -224,9 +286,9 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
     if values.get("objective") == "flow":  # its own defaults, where the user named none
         values = {"prediction": VELOCITY, "sampler": "euler", **values}
     for name, value in values.items():
-        values[name] = _check_type(name, value)
+        values[name] = check_type(name, _HINTS[name], value)
     cfg = TrainConfig(**values)
-    validate(cfg)
+    validate(cfg, shorthands=METHOD_SHORTHANDS)
     return cfg
 
 
@@ -245,144 +307,6 @@ def expand_method(values: dict[str, Any]) -> dict[str, Any]:
             raise AntError(f"--method {values['method']} means {flag} {meant}, not {given}")
         out[key] = given if same_family else meant
     return out
-
-
-def _check_type(name: str, value: Any) -> Any:
-    """`value` as the field's type (an int where a float is wanted is fine); else AntError."""
-    hint = _HINTS[name]
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None and type(None) in allowed:
-        return None
-    for kind in allowed:
-        base = typing.get_origin(kind) or kind
-        if base is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if base is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if base in (str, bool, dict) and type(value) is base:
-            return value
-    want = " or ".join(
-        "null" if k is type(None) else (typing.get_origin(k) or k).__name__ for k in allowed
-    )
-    flag = name.replace("_", "-")
-    raise AntError(f"{flag} must be {want}, got {value!r} ({type(value).__name__})")
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Ranges and names, all checked before a run directory exists."""
-    finite = all(math.isfinite(v) for v in (cfg.lr, cfg.weight_decay, cfg.label_dropout))
-    checks = [
-        (cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}"),
-        (cfg.batch_size >= 1, f"batch size must be >= 1, got {cfg.batch_size}"),
-        (finite, "lr, weight_decay and label_dropout must be finite numbers"),
-        (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
-        (cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}"),
-        (0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay}"),
-        (0 <= cfg.label_dropout < 1, f"label_dropout must be in [0, 1), got {cfg.label_dropout}"),
-        (cfg.timesteps >= 1, f"timesteps must be >= 1, got {cfg.timesteps}"),
-        (cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}"),
-        (cfg.log_every >= 1 and cfg.checkpoint_every >= 1, "log/checkpoint intervals must be >= 1"),
-        (cfg.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
-        (cfg.holdout is None or cfg.holdout >= 0, f"holdout must be >= 0, got {cfg.holdout}"),
-        (cfg.eval_every >= 0 and cfg.eval_num >= 2, "eval_every must be >= 0, eval_num >= 2"),
-        (cfg.num_samples >= 1, f"num_samples must be >= 1, got {cfg.num_samples}"),
-        (cfg.sample_steps >= 1, f"sample_steps must be >= 1, got {cfg.sample_steps}"),
-        (
-            cfg.sample_steps <= cfg.timesteps,
-            f"sample_steps ({cfg.sample_steps}) must be <= timesteps ({cfg.timesteps})",
-        ),
-        (math.isfinite(cfg.guidance), "guidance must be a finite number"),
-        (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip must be > 0 (or unset)"),
-        (cfg.resolution is None or cfg.resolution >= 1, "resolution must be >= 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise AntError(message)
-    flow = cfg.objective == "flow"
-    for name, value, names in (
-        ("objective", cfg.objective, OBJECTIVES),
-        ("schedule", cfg.schedule, SCHEDULES),
-        ("prediction", cfg.prediction, (VELOCITY,) if flow else tuple(PREDICTIONS)),
-        ("sampler", cfg.sampler, FLOW_SAMPLERS if flow else DDPM_SAMPLERS),
-        ("precision", cfg.precision, PRECISIONS),
-    ):
-        if value not in names:
-            kind = f" for --objective {cfg.objective}" if name in ("prediction", "sampler") else ""
-            raise AntError(f"unknown {name} {value!r}{kind}; choose from {', '.join(names)}")
-    if flow and cfg.schedule != "linear":
-        raise AntError("--schedule is DDPM's noise schedule; flow matching's is --flow-shift")
-    if not (math.isfinite(cfg.flow_shift) and cfg.flow_shift > 0):
-        raise AntError(f"flow_shift must be a finite number > 0, got {cfg.flow_shift}")
-    if not flow and cfg.flow_shift != 1.0:
-        raise AntError("--flow-shift shifts flow matching's t: use it with --objective flow")
-    check_size(cfg.timesteps)
-    build_timestep_sampler(cfg.timestep_sampling, IntervalPartition.uniform(cfg.timesteps, 1))
-    spec = ClusterSpec.parse(cfg.clusters)
-    if spec.k > cfg.timesteps:
-        raise AntError(f"--clusters {cfg.clusters}: K must be <= timesteps ({cfg.timesteps})")
-    if spec.file is not None and not spec.auto and not Path(spec.file).is_file():
-        raise AntError(f"affinity file not found: {spec.file}")
-    if spec.auto:
-        check_auto(cfg, spec.k)
-    if cfg.method not in METHODS and not cfg.method.startswith(TORCHJD_PREFIX):
-        names = ", ".join([*METHOD_SHORTHANDS, *METHODS, TORCHJD_PREFIX + "NAME"])
-        raise AntError(f"unknown method {cfg.method!r}; choose from {names}")
-    shaped = cfg.timestep_sampling.split(":")[0] not in ("uniform", "stratified")
-    if cfg.method == "mean" and spec.k > 1 and shaped:
-        raise AntError(
-            f"--method mean averages the {spec.k} interval losses, which undoes the weight "
-            f"--timestep-sampling {cfg.timestep_sampling} gives the intervals; use --clusters "
-            "timestep:1 (one task: the plain mean over the samples)"
-        )
-    method = build_method(cfg.method, spec.k, **cfg.method_options)
-    learned = build_weighting(cfg.weighting, cfg.prediction).name == "edm2"
-    if learned and isinstance(method, GramianMethod):  # u would get no combined gradient
-        raise AntError(f"the edm2 weighting trains with loss-based methods, not {cfg.method}")
-    if learned and cfg.precision == "fp16":  # the loss scaler unscales the model's grads only
-        raise AntError("the edm2 weighting trains in fp32 or bf16, not fp16")
-    timestep_range(cfg)
-
-
-def affinity_warmup(cfg: TrainConfig) -> int:
-    """Steps of the warm-up of `affinity:K:auto`: the flag, or 2% of the steps. Measured on
-    digits 8x8 over 5 seeds (the project's benchmark): 2% gave the steadiest partitions and the
-    best FD; 10% and 20% sometimes a late last interval and a much worse FD."""
-    if cfg.affinity_warmup is not None:
-        return cfg.affinity_warmup
-    return max(cfg.affinity_snapshots, round(0.02 * cfg.steps))
-
-
-def check_auto(cfg: TrainConfig, k: int) -> None:
-    """The measurement of `affinity:K:auto` fits the run."""
-    warmup, b = affinity_warmup(cfg), cfg.affinity_bins
-    checks = [
-        (2 <= b <= cfg.timesteps, f"affinity_bins must be in 2..{cfg.timesteps}, got {b}"),
-        (k <= b, f"affinity:{k}:auto needs K <= affinity_bins ({b}): K intervals of the bins"),
-        (cfg.affinity_probe >= 1, f"affinity_probe must be >= 1, got {cfg.affinity_probe}"),
-        (cfg.affinity_snapshots >= 1, "affinity_snapshots must be >= 1"),
-        (
-            cfg.affinity_snapshots <= warmup < cfg.steps,
-            f"the affinity warm-up ({warmup} steps) must be shorter than the run ({cfg.steps} "
-            f"steps) and at least one step per snapshot ({cfg.affinity_snapshots})",
-        ),
-        (cfg.timestep_range is None, "affinity:K:auto and timestep_range exclude each other"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise AntError(message)
-
-
-def timestep_range(cfg: TrainConfig) -> tuple[int, int] | None:
-    """The inclusive [L, R] of `timestep_range` ("L:R"), validated against T; None when unset."""
-    if cfg.timestep_range is None:
-        return None
-    try:
-        lo, hi = (int(v) for v in cfg.timestep_range.split(":"))
-    except ValueError:
-        raise AntError(f"timestep_range must be L:R, got {cfg.timestep_range!r}") from None
-    if not 0 <= lo <= hi < cfg.timesteps:
-        raise AntError(f"timestep_range {lo}:{hi} must satisfy 0 <= L <= R < {cfg.timesteps}")
-    return lo, hi
 
 
 def read_config_file(path: str) -> dict[str, Any]:

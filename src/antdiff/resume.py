@@ -7,7 +7,7 @@ from dataclasses import replace
 from antdiff.config import TrainConfig
 from antdiff.errors import AntError
 from antdiff.rundir import Checkpoint
-from antdiff.runinfo import RunInfo
+from antdiff.runinfo import RunInfo, recorded_tasks
 from antdiff.tasks import IntervalPartition
 
 # Config keys that change only the outputs of a run, never its weights.
@@ -31,10 +31,15 @@ RESUMABLE = OUTPUTS | {"steps", "lr", "grad_clip"}
 
 def checkpoint_info(info: RunInfo, ckpt: Checkpoint) -> RunInfo:
     """The run record as of a checkpoint: its tasks (an affinity:K:auto run may have chosen
-    them after the checkpoint was written)."""
-    partition = IntervalPartition.from_dict(ckpt.state["partition"])
-    cost = ckpt.state.get("clustering_cost", info.clustering_cost)
-    return replace(info, partition=partition, clustering_cost=cost)
+    them after the checkpoint was written). A checkpoint written during the warm-up holds the
+    measurement's state ("auto"), also one that does not record `warming_up`."""
+    state = ckpt.state
+    partition = IntervalPartition.from_dict(state["partition"])
+    warming_up = state.get("warming_up", state.get("auto") is not None)
+    cost, warming_up = recorded_tasks(
+        state.get("clustering_cost", info.clustering_cost), warming_up
+    )
+    return replace(info, partition=partition, clustering_cost=cost, warming_up=warming_up)
 
 
 def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:

@@ -2,7 +2,7 @@
 
     TAS(t1, t2) = 1/|S| sum_{s in S} cos(grad L_t1(theta_s), grad L_t2(theta_s))
 
-over a set S of the run's checkpoints, by the estimator of gradients.py (bins, a fixed probe,
+over a set S of the run's checkpoints, by the estimator of antdiff.affinity (bins, a fixed probe,
 sketched gradients). Weights: the raw training iterates by default (the paper averages over
 training iterations); EMA weights on request. Each checkpoint uses its own projection seed,
 derived from (seed, step), so the sketch noise averages down across checkpoints and the average
@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 
 from antdiff import build
-from antdiff.analysis.gradients import (
+from antdiff.affinity.gradients import (
     DEFAULT_SKETCH,
     LossSetup,
     affinity_matrix,
     bin_edges,
     make_probe,
 )
-from antdiff.analysis.sketch import block_seed
+from antdiff.affinity.sketch import block_seed
 from antdiff.errors import AntError
 from antdiff.report import plot_affinity
 from antdiff.rundir import RunDir

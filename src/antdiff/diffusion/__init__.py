@@ -11,6 +11,7 @@ from antdiff.diffusion.weighting import (
     FixedWeighting,
     LearnedWeighting,
     LossWeighting,
+    Weighting,
     build_weighting,
     sample_weighting,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "LossWeighting",
     "NoiseSchedule",
     "Schedule",
+    "Weighting",
     "build_weighting",
     "generate",
     "make_scheduler",

@@ -192,8 +192,10 @@ def build_weighting(spec: str, prediction: str = "epsilon") -> LossWeighting:
     return LossWeighting(name, prediction, params)
 
 
-class FixedWeighting(nn.Module):
-    """Per-sample losses times the fixed weight of their timestep, w[t] (a [T] table)."""
+class Weighting(nn.Module):
+    """A per-sample loss weighting (`--weighting`): per-sample losses [B] and their timesteps
+    in, weighted losses out. It holds the fixed weight of each timestep, w[t] (a [T] table);
+    `param_groups` are its own optimizer groups (none unless it learns)."""
 
     def __init__(self, table: Tensor) -> None:
         super().__init__()
@@ -206,7 +208,11 @@ class FixedWeighting(nn.Module):
         return []
 
 
-class LearnedWeighting(FixedWeighting):
+class FixedWeighting(Weighting):
+    """Per-sample losses times the fixed weight of their timestep, w[t] L (Min-SNR, P2, ...)."""
+
+
+class LearnedWeighting(Weighting):
     """EDM2's uncertainty weighting over the noise level (Karras et al. 2024, Eq. 14-16, 21):
     exp(-u(sigma)) w[t] L + u(sigma), with u = a linear map of fixed Fourier features of
     c_noise = ln(sigma) / 4 (sigma = 1 / sqrt(SNR) for DDPM), as EDM2's `logvar_fourier` and
@@ -243,9 +249,7 @@ class LearnedWeighting(FixedWeighting):
         return [{"params": list(self.linear.parameters()), "weight_decay": 0.0, **lr}]
 
 
-def sample_weighting(
-    spec: str, prediction: str, schedule: NoiseSchedule | FlowPath
-) -> FixedWeighting:
+def sample_weighting(spec: str, prediction: str, schedule: NoiseSchedule | FlowPath) -> Weighting:
     """The per-sample weighting `--weighting` (a module: EDM2's has parameters)."""
     weighting = build_weighting(spec, prediction)
     table = weighting.precompute(schedule)

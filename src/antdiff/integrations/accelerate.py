@@ -16,7 +16,7 @@ exact with gradient accumulation, fp16 loss scaling and DDP.
 What it takes care of: the timesteps of a whole accumulation window are drawn at its first
 micro-batch, so the task counts of the whole (global) accumulated batch are known and the update
 equals one step on it (antdiff.mtl.Accumulation); the gradients are left multiplied by
-accelerate's loss scale for its optimizer to unscale, skip and update the scale (mtl_backward's
+accelerate's loss scale for its optimizer to unscale, skip and update the scale (ant_backward's
 `keep_scaled`), which counts each step once; the gradient is never divided by the accumulation
 steps twice (accelerate's `backward` does that division, `AcceleratedMTL.backward` replaces it).
 DeepSpeed is refused; under FSDP2 the engine takes the loss-based methods only
@@ -52,7 +52,7 @@ class AcceleratedMTL:
                 "DeepSpeed is not supported: its ZeRO stages partition gradients "
                 "outside autograd, so the MTL update cannot be written exactly"
             )
-        if sampler.observes:
+        if sampler.needs_losses:
             raise AntError(
                 f"{sampler.name} timestep sampling learns from the trainer's losses: "
                 "use it with `antdiff train`, or a fixed sampler here"
@@ -84,7 +84,7 @@ class AcceleratedMTL:
         """The MTL backward of one micro-batch, in place of `accelerator.backward(loss)`; at the
         last micro-batch of the window the combined gradient is in `.grad` and its StepInfo is
         returned (None before). `loss_fn(index)` returns the per-sample losses of the
-        micro-batch's samples `index`, as for `mtl_backward`."""
+        micro-batch's samples `index`, as for `ant_backward`."""
         if self.counts is None:
             raise AntError("draw the micro-batch's timesteps with AcceleratedMTL.timesteps")
         if self.acc is None:
@@ -104,5 +104,5 @@ class AcceleratedMTL:
                 f"accelerate synced after {self.acc.seen} of {self.steps} micro-"
                 "batches: make the loader's length a multiple of the steps"
             )
-        info, self.acc, self.counts = self.acc.step(), None, None
-        return info
+        step_info, self.acc, self.counts = self.acc.step(), None, None
+        return step_info

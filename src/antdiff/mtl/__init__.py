@@ -3,14 +3,15 @@
     method = build_method("uw", num_tasks=K)  # mean, uw, famo, pcgrad, nash, torchjd:NAME
     # sampled:NAME: the model gets the plain mean, NAME only learns weights (antdiff.mtl.sampled)
     optimizer = AdamW([{"params": model.parameters()}, *method.param_groups()], lr=1e-4)
-    info = mtl_backward(method, loss_fn, task_ids, task_counts, model, scaler=None)
+    info = ant_backward(method, loss_fn, task_ids, task_counts, model, scaler=None)
     if info.finite:
         optimizer.step()
-        mtl_after_step(method, loss_fn, task_ids, task_counts, model)  # FAMO same_batch only
+        ant_after_step(method, loss_fn, task_ids, task_counts, model)  # FAMO same_batch only
 
 Absent tasks (no sample in the global batch): weight 0, each method runs on the present subset,
 and `info.task_losses` is NaN for them. Non-finite losses: skipped step with a GradScaler
-(`info.finite` is False), `NonFiniteError` without one.
+(`info.finite` is False), `NonFiniteError` without one. `mtl_backward` and `mtl_after_step` are
+the deprecated former names of `ant_backward` and `ant_after_step`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from typing import Any
 from antdiff.errors import AntError
 from antdiff.mtl.accumulate import Accumulation
 from antdiff.mtl.base import GramianMethod, LossMethod, MTLMethod
-from antdiff.mtl.engine import StepInfo, mtl_after_step, mtl_backward, task_sums
+from antdiff.mtl.engine import ant_after_step, ant_backward, mtl_after_step, mtl_backward
 from antdiff.mtl.famo import FAMO
 from antdiff.mtl.mean import Mean
 from antdiff.mtl.nash import NashMTL, NashSolverError, nash_weights
 from antdiff.mtl.pcgrad import PCGrad, pcgrad_weights
 from antdiff.mtl.sampled import SampledGramian, SampledMethod, sampled
+from antdiff.mtl.step import StepInfo, task_sums
 from antdiff.mtl.torchjd import TorchJDMethod
 from antdiff.mtl.uw import UncertaintyWeighting
 
@@ -83,6 +85,8 @@ __all__ = [
     "StepInfo",
     "TorchJDMethod",
     "UncertaintyWeighting",
+    "ant_after_step",
+    "ant_backward",
     "build_method",
     "mtl_after_step",
     "mtl_backward",

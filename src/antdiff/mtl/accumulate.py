@@ -1,4 +1,4 @@
-"""Gradient accumulation: N micro-batches, one update, equal to `mtl_backward` on their
+"""Gradient accumulation: N micro-batches, one update, equal to `ant_backward` on their
 concatenation (the same global batch), for every method.
 
     acc = Accumulation(method, model, task_counts, micro_batches=N)   # counts of ALL N
@@ -14,10 +14,10 @@ all N micro-batches first). The update sum_k w_k grad L_k then needs the weights
   current losses (mean, uncertainty weighting: `LossMethod.weights_from_losses` False) and for
   Gramian methods between refreshes (their cached weights). The method's own parameters (UW's
   log-variances) get their gradient at `step`, from the losses of the whole batch.
-* per-task mode, one backward per task and micro-batch into the [K, P] buffer of the task
-  gradients (as a Gramian method's refresh step): for FAMO, whose weights depend on the losses
-  of the whole batch, and for refresh steps; `step` combines them. It costs K backward passes
-  per micro-batch instead of one.
+* per-task mode, one backward per task and micro-batch, added into the rows of the task
+  gradients (`TaskGradients`, as in a Gramian method's refresh step): for FAMO, whose weights
+  depend on the losses of the whole batch, and for refresh steps; `step` combines them. It
+  costs K backward passes per micro-batch instead of one.
 """
 
 from __future__ import annotations
@@ -30,19 +30,16 @@ from torch import Tensor, nn
 
 from antdiff.errors import AntError
 from antdiff.mtl.base import GramianMethod, LossMethod, MTLMethod
-from antdiff.mtl.engine import (
+from antdiff.mtl.parallel import is_fsdp, no_sync, world_of
+from antdiff.mtl.rows import TaskGradients
+from antdiff.mtl.step import (
+    GradStep,
     LossFn,
     StepInfo,
-    _buffer,
-    _call,
-    _check_inputs,
-    _finish,
-    _flat_grad,
-    _keep_scaled,
-    _scale,
+    check_inputs,
+    per_sample_losses,
     task_sums,
 )
-from antdiff.mtl.parallel import all_finite, is_fsdp, no_sync, world_of
 
 
 class Accumulation:
@@ -65,13 +62,7 @@ class Accumulation:
             raise AntError(f"task_counts must be the {k} counts of the whole accumulated batch")
         self.method, self.model, self.n = method, model, micro_batches
         self.present = self.counts > 0
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        for p in self.params:
-            p.grad = None
-        method.zero_grad(set_to_none=True)
-        self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
-        self.scale = _scale(self.scaler, self.params[0].device)
-        self.keep_scaled = keep_scaled and self.scaler is not None  # as in `mtl_backward`
+        self.grad = GradStep(method, model, scaler, keep_scaled)  # as in `ant_backward`
         self.refresh = isinstance(method, GramianMethod) and method.needs_refresh()
         self.per_task = self.refresh or (
             isinstance(method, LossMethod) and method.weights_from_losses
@@ -82,44 +73,43 @@ class Accumulation:
                 "FSDP2 shards: use mean or uw, or no accumulation, under FSDP"
             )
         if self.per_task:
-            self.buf = _buffer(method, self.params, k)
-            self.buf.zero_()
+            self.rows = TaskGradients.reused(method, self.grad.params)
+            self.rows.rows.zero_()
         elif isinstance(method, LossMethod):  # the same weights whatever the losses
-            ones = torch.ones(k, device=self.params[0].device)
+            ones = torch.ones(k, device=self.grad.device)
             self.weights = method.task_weights(ones, self.present)
             method.zero_grad(set_to_none=True)
         else:
             self.weights = method.cached_weights()
-        self.local = torch.zeros(k, dtype=torch.float32, device=self.params[0].device)
+        self.local = torch.zeros(k, dtype=torch.float32, device=self.grad.device)
         self.seen = 0
 
     def add(self, loss_fn: LossFn, task_ids: Tensor) -> None:
-        """The backward passes of one micro-batch (its local samples, as in `mtl_backward`)."""
+        """The backward passes of one micro-batch (its local samples, as in `ant_backward`)."""
         if self.seen == self.n:
             raise AntError(f"all {self.n} micro-batches were added already: call step()")
-        ids, _ = _check_inputs(self.method, task_ids, self.counts, self.model, partial=True)
+        ids, _ = check_inputs(self.method, task_ids, self.counts, self.model, partial=True)
         self.seen += 1
         last = self.seen == self.n
-        counts = self.counts.clamp_min(1).to(self.local)
+        scale = self.grad.scale
         if not self.per_task:
+            counts = self.counts.clamp_min(1).to(self.local)
             world = world_of(self.model)[0]
             with nullcontext() if last else no_sync(self.model):  # DDP decides in the forward
-                per_sample = _call(loss_fn, torch.arange(ids.numel(), device=ids.device))
+                per_sample = per_sample_losses(
+                    loss_fn, torch.arange(ids.numel(), device=ids.device)
+                )
                 local = task_sums(per_sample, ids, self.method.num_tasks) / counts
-                ((self.weights.detach().to(local) * local).sum() * world * self.scale).backward()
+                ((self.weights.detach().to(local) * local).sum() * world * scale).backward()
             self.local += local.detach()
             return
         for task in range(self.method.num_tasks):
             index = (ids == task).nonzero().squeeze(1)
-            if index.numel() == 0:
-                continue
-            with no_sync(self.model):
-                loss = _call(loss_fn, index).sum() / counts[task]
-                (loss * self.scale).backward()
-            self.local[task] += loss.detach()
-            self.buf[task] += torch.cat([_flat_grad(p) for p in self.params])
-            for p in self.params:
-                p.grad = None
+            if index.numel():
+                count = self.counts[task]
+                self.local[task] += self.rows.backward(
+                    task, loss_fn, index, count, self.model, scale, add=True
+                )
 
     def step(self) -> StepInfo:
         """The combined gradient of the whole batch into `.grad` (unscaled, all-reduced)."""
@@ -133,50 +123,23 @@ class Accumulation:
         finite = bool(torch.isfinite(glob[present]).all())
         weights = torch.zeros(self.method.num_tasks)
         if self.per_task and finite:
-            if world > 1:
-                dist.all_reduce(self.buf, group=group)
-            if self.scale != 1.0:
-                self.buf.mul_(1.0 / self.scale)
+            self.rows.reduce(self.model, self.grad.scale)
             weights, finite = self._combine(glob, present)
         elif finite:
-            grads = [p.grad for p in self.params if p.grad is not None]
-            if self.scale != 1.0:
-                torch._foreach_mul_(grads, 1.0 / self.scale)
-            finite = all_finite(grads, self.model)
+            finite = self.grad.unscale_grads()
             weights = self.weights
             if finite and isinstance(self.method, LossMethod):  # the method's own gradients
                 self.method.task_weights(glob, present)
-        if self.keep_scaled:
-            _keep_scaled(self.params, self.method, self.scale, finite)
-        scaler = None if self.keep_scaled else self.scaler
-        return _finish(
-            self.method,
-            glob,
-            weights,
-            finite,
-            self.present,
-            scaler,
-            self.params[0].device,
-            refreshed=self.refresh,
-            skip_ok=self.keep_scaled,
-        )
+        return self.grad.finish(glob, weights, finite, self.present, refreshed=self.refresh)
 
     def _combine(self, glob: Tensor, present: Tensor) -> tuple[Tensor, bool]:
         """Weights from the whole batch's losses (FAMO) or Gramian (a refresh), combined."""
         if isinstance(self.method, GramianMethod):
-            gramian = self.buf @ self.buf.T
+            gramian = self.rows.gramian()
             if not bool(gramian.isfinite().all()):
                 return torch.zeros(self.method.num_tasks), False
             weights = self.method.refresh(gramian, self.present)
         else:
             assert isinstance(self.method, LossMethod)
             weights = self.method.task_weights(glob, present)
-        combined = weights.to(self.buf) @ self.buf
-        if not bool(torch.isfinite(combined).all()):
-            return weights, False
-        offset = 0
-        for p in self.params:
-            n = p.numel()
-            p.grad = combined[offset : offset + n].view_as(p).to(p.dtype)
-            offset += n
-        return weights, True
+        return weights, self.rows.write_combined(weights)

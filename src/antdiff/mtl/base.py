@@ -53,6 +53,14 @@ class MTLMethod(nn.Module):
 
     #: True: the trainer calls `observe` with the same batch's task losses after each step.
     observes_after_step: bool = False
+    #: True: the model's update uses the shares [K] the timestep sampler gives for each batch
+    #: (`set_shares` before the backward; the `sampled:` wrapper, antdiff.mtl.sampled).
+    takes_shares: bool = False
+
+    def sampling_weights(self) -> Tensor | None:
+        """The task weights a timestep sampler that follows the method should follow (None:
+        the step's effective `task_weights`)."""
+        return None
 
     def observe(self, losses: Tensor, present: Tensor) -> None:
         """Global task losses [K] of the batch just trained on, at the updated parameters."""

@@ -11,7 +11,7 @@ is J_softmax(xi)^T delta, taken by Adam with L2 weight decay gamma (FAMO's lr 0.
 
 Two ways to read delta. `same_batch=True` is FAMO's own algorithm: the losses of the batch just
 trained on are evaluated again after the optimizer step (`observe`, called by the trainer
-through `mtl_after_step`: one extra forward without gradient per step), so delta is the decrease
+through `ant_after_step`: one extra forward without gradient per step), so delta is the decrease
 the step caused on that batch. The default (`same_batch=False`) costs exactly one forward and one
 backward per step: "prev" is the previous step's losses and "now" the current step's, on another
 batch, so delta carries the batch-to-batch variance of the losses on top of the decrease. On

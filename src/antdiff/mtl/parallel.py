@@ -3,7 +3,7 @@
 DDP (also under torch.compile's and accelerate's wrappers) and FSDP2 (`fully_shard`) both
 average each gradient over the processes, so the engine's weighted step is the same under both
 (engine module docstring). FSDP2 leaves each process a shard of every gradient: Gramian methods,
-which need whole task gradients, are refused under it (engine._check_inputs).
+which need whole task gradients, are refused under it (step.check_inputs).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ class _Shares:
 
     num_tasks: int
     shares: Tensor | None = None
+    takes_shares = True
 
     def set_shares(self, shares: Tensor) -> None:
         """The model update's coefficients [K] on the per-task mean losses of this step's

@@ -146,7 +146,8 @@ def write_report(run: RunDir) -> Path:
     if evals:
         sections.append(("Evaluation over training", png(plot_eval_curves(evals))))
     log_snr = build.schedule(cfg).snr_numpy(log=True)
-    fig = plot_partition(info.partition, log_snr, title=f"{info.clustering_cost} clustering")
+    title = f"{info.clustering_cost} clustering" + (" (warm-up: provisional)" * info.warming_up)
+    fig = plot_partition(info.partition, log_snr, title=title)
     sections.append(("Tasks: the partition over log-SNR", png(fig)))
     timed = [r["time"] for r in rows if "time" in r]
     tasks = tasks_section(run, timed[-1] if timed else 0.0, log_snr)

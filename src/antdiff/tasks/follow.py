@@ -48,8 +48,7 @@ class FollowSampler(TimestepSampler):
     """Interval probabilities that follow the MTL method's task weights (module docstring)."""
 
     name = "follow"
-    observes = False  # the loss-aware hook; this sampler reads weights through `after_step`
-    needs_losses = False  # `after_step` needs the task weights only
+    follows_method = True  # train with `sampled:METHOD` (the emphasis is applied once)
 
     def __init__(
         self,
@@ -105,8 +104,7 @@ class FollowSampler(TimestepSampler):
     def shares(self, task: Tensor) -> Tensor:
         """The model objective's coefficients [K] on the per-task mean losses of a batch drawn
         now with task ids `task` (the `sampled:` wrapper's `set_shares`)."""
-        n = torch.bincount(task.long().cpu(), minlength=self.partition.k).double()
-        shares = n / n.sum()
+        shares = super().shares(task)
         if self.mode == 1:
             shares = shares * self.base / self.probabilities()
         elif self.mode == 2:

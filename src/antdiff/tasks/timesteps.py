@@ -36,7 +36,8 @@ class TimestepSampler:
     """Base: draws t, looks up the task ids; no importance weights, no state."""
 
     name = "uniform"
-    observes = False  # True: the trainer hands it the batch's losses after each step
+    needs_losses = False  # True: the trainer gathers the global batch's losses for `after_step`
+    follows_method = False  # True: draws by the method's weights (the `sampled:` wrapper's)
 
     def __init__(self, partition: IntervalPartition) -> None:
         self.partition = partition
@@ -59,8 +60,18 @@ class TimestepSampler:
         """Per-sample loss weights that keep the objective unbiased (None: all 1)."""
         return None
 
-    def observe(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """The global batch's per-sample losses after a step (loss-aware sampling only)."""
+    def shares(self, task: torch.Tensor) -> torch.Tensor:
+        """The coefficients [K] of a batch's per-task mean losses in the model's objective
+        when the method takes them (`sampled:`): n_k / B, the plain mean over the samples."""
+        n = torch.bincount(task.long().cpu(), minlength=self.partition.k).double()
+        return n / n.sum()
+
+    def after_step(
+        self, t: torch.Tensor, losses: torch.Tensor | None, task_weights: torch.Tensor
+    ) -> None:
+        """Called after every optimizer step with the global batch's timesteps `t`, their
+        per-sample losses (None unless `needs_losses`) and the method's task weights [K].
+        A fixed density ignores them."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -176,7 +187,7 @@ class LossAwareSampler(TimestepSampler):
     """Improved DDPM's second-moment resampler with importance weights (module docstring)."""
 
     name = "loss-aware"
-    observes = True
+    needs_losses = True
     UNIFORM = 1e-3
 
     def __init__(self, partition: IntervalPartition, history: int = 10) -> None:
@@ -210,8 +221,18 @@ class LossAwareSampler(TimestepSampler):
         t = t.cpu()
         return ((mass / widths)[self.partition.task_of(t)] / p[t]).float()
 
-    def observe(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+    def shares(self, task: torch.Tensor) -> torch.Tensor:
+        """The coefficients [K] of a batch's per-task mean losses in the model's objective
+        when the method takes them (`sampled:`): n_k / B, the plain mean over the samples."""
+        n = torch.bincount(task.long().cpu(), minlength=self.partition.k).double()
+        return n / n.sum()
+
+    def after_step(
+        self, t: torch.Tensor, losses: torch.Tensor | None, task_weights: torch.Tensor
+    ) -> None:
         """Shift each sample's loss into the history of its t (in batch order)."""
+        if losses is None:
+            raise AntError("loss-aware timestep sampling needs the batch's per-sample losses")
         n = self.losses.shape[1]
         for ti, li in zip(t.tolist(), losses.detach().double().cpu().tolist(), strict=True):
             if self.counts[ti] == n:

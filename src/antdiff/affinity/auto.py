@@ -3,66 +3,77 @@ measured online during a warm-up (Go et al. 2023, Sec. 4, with the gradient-affi
 
 Warm-up: the first W steps train vanilla (plain loss, uniform timesteps) over K provisional equal
 intervals. At S snapshot steps spread evenly over the warm-up (W/S, 2W/S, ..., W) the task
-affinity of B equal timestep bins is measured on the raw weights (analysis/gradients.py: a fixed
-probe of P training samples, count-sketched gradients, each snapshot its own projection seed).
-After the last one, the mean matrix goes through the exact DP with the affinity cost and the run
-continues with its method over the K intervals found. The measurement runs on rank 0 and is
-broadcast; the mean is rounded to 4 decimals (far below the sketch's error of about 0.03), so
-that a run under torchrun, whose weights differ from one process's by float rounding, chooses
-the same intervals as one process.
+affinity of B equal timestep bins is measured on the raw weights (gradients.py: a fixed probe of
+P training samples, count-sketched gradients, each snapshot its own projection seed). After the
+last one, the mean matrix goes through the exact DP with the affinity cost and the run continues
+with its method over the K intervals found. The measurement runs on rank 0 and is broadcast; the
+mean is rounded to 4 decimals (far below the sketch's error of about 0.03), so that a run under
+torchrun, whose weights differ from one process's by float rounding, chooses the same intervals
+as one process.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from antdiff.analysis.gradients import LossSetup, affinity_matrix, bin_edges, make_probe
-from antdiff.analysis.sketch import block_seed
-from antdiff.config import TrainConfig, affinity_warmup
+from antdiff.affinity.gradients import LossSetup, affinity_matrix, bin_edges, make_probe
+from antdiff.affinity.sketch import block_seed
 from antdiff.data import Dataset
 from antdiff.diffusion import Schedule
 from antdiff.distributed import Dist
 from antdiff.errors import AntError
-from antdiff.tasks import Clustering, ClusterSpec, cluster_timesteps
+from antdiff.tasks import Clustering, cluster_timesteps
 
-WARMUP = "warm-up"  # the clustering cost a run records while its tasks are provisional
 SKETCH_DIM = 1024
 
 
-def snapshot_steps(cfg: TrainConfig) -> list[int]:
+def snapshot_steps(warmup: int, snapshots: int) -> list[int]:
     """The warm-up steps after which the affinity is measured (the last one: the warm-up's)."""
-    w, s = affinity_warmup(cfg), cfg.affinity_snapshots
-    return [round(w * (i + 1) / s) for i in range(s)]
+    return [round(warmup * (i + 1) / snapshots) for i in range(snapshots)]
 
 
-def is_auto(cfg: TrainConfig) -> bool:
-    return ClusterSpec.parse(cfg.clusters).auto
+@dataclass(frozen=True)
+class AutoSettings:
+    """What the measurement of one run needs from its config (built by `antdiff.build`)."""
+
+    k: int  # the number of interval tasks to choose
+    warmup: int  # W: vanilla steps before the tasks are chosen
+    snapshots: int  # S: measurements spread over the warm-up, averaged
+    bins: int  # B: equal timestep bins
+    probe: int  # P: fixed training samples whose gradients are measured
+    steps: int  # the run's total steps (the warm-up must end before them)
+    timesteps: int
+    prediction: str  # the objective's target (epsilon, v, x0, flow)
+    micro_batch: int  # probe samples per forward/backward
+    conditional: bool  # the probe keeps its labels
+    seed: int  # the run's seed: the probe, and with the step each snapshot's projection
 
 
 class AutoClusters:
-    """The measurement of one run: call `observe` after every step of the warm-up."""
+    """The measurement of one run: call `measure_if_due` after every step of the warm-up."""
 
-    def __init__(self, cfg: TrainConfig, data: Dataset, schedule: Schedule) -> None:
-        self.cfg, self.schedule = cfg, schedule
-        self.k = ClusterSpec.parse(cfg.clusters).k
-        if cfg.affinity_probe > len(data):
+    def __init__(self, settings: AutoSettings, data: Dataset, schedule: Schedule) -> None:
+        s = self.settings = settings
+        self.schedule, self.k = schedule, s.k
+        if s.probe > len(data):
             raise AntError(
-                f"affinity_probe {cfg.affinity_probe} is more than the {len(data)} training samples"
+                f"affinity_probe {s.probe} is more than the {len(data)} training samples"
             )
-        labels = data.labels if cfg.conditional else None
-        self.probe = make_probe(data.x, labels, cfg.affinity_probe, seed=cfg.seed)
-        self.edges = bin_edges(cfg.timesteps, cfg.affinity_bins)
-        self.setup = LossSetup(schedule.loss_path("cpu"), cfg.prediction, cfg.batch_size)
-        self.at = snapshot_steps(cfg)
+        labels = data.labels if s.conditional else None
+        self.probe = make_probe(data.x, labels, s.probe, seed=s.seed)
+        self.edges = bin_edges(s.timesteps, s.bins)
+        self.setup = LossSetup(schedule.loss_path("cpu"), s.prediction, s.micro_batch)
+        self.at = snapshot_steps(s.warmup, s.snapshots)
         self.matrices: list[np.ndarray] = []
         self.seconds = 0.0  # spent measuring so far
 
-    def observe(self, step: int, model: nn.Module, dist: Dist) -> Clustering | None:
+    def measure_if_due(self, step: int, model: nn.Module, dist: Dist) -> Clustering | None:
         """Measure at the snapshot steps; at the last one, the K intervals of the DP."""
         due = self.at[len(self.matrices)]
         if step > due:  # never silently train on with provisional tasks
@@ -79,7 +90,7 @@ class AutoClusters:
                     self.edges,
                     self.setup,
                     sketch_dim=SKETCH_DIM,
-                    seed=block_seed(self.cfg.seed, step),
+                    seed=block_seed(self.settings.seed, step),
                 )
             )
         self.matrices.append(dist.broadcast(matrix).numpy())
@@ -100,8 +111,8 @@ class AutoClusters:
             "k": self.k,
             "step": step,
             "snapshots": self.at,
-            "bins": self.cfg.affinity_bins,
-            "probe": self.cfg.affinity_probe,
+            "bins": self.settings.bins,
+            "probe": self.settings.probe,
             "sketch_dim": SKETCH_DIM,
             "weights": "raw",
             "intervals": [list(iv) for iv in chosen.partition.intervals],
@@ -119,8 +130,8 @@ class AutoClusters:
         self.matrices = list(state["matrices"].numpy())
         self.seconds = float(state["seconds"])
         self.at = [int(v) for v in state.get("at", self.at)]
-        if self.at[-1] >= self.cfg.steps:
+        if self.at[-1] >= self.settings.steps:
             raise AntError(
                 f"affinity:K:auto: this run's warm-up ends at step {self.at[-1]}; "
-                f"--steps must be more than that, got {self.cfg.steps}"
+                f"--steps must be more than that, got {self.settings.steps}"
             )

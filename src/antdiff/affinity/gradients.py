@@ -10,8 +10,8 @@ Memory. The official script (`task_affinity_score.py`) keeps T full gradients. H
 gradient is projected on the fly (sketch.py); Gaussian sketches project `group` gradients
 together so each random block serves `group` bins, at G x P floats of memory. The matrix is one
 product of the row-normalised sketches, N N^T. `sketch_dim=0` keeps the exact gradients
-(B x P floats). Used by `antdiff affinity` (analysis/affinity.py) and inside training by
-`--clusters affinity:K:auto` (autoclusters.py).
+(B x P floats). Used by `antdiff affinity` (antdiff.analysis.affinity) and inside training by
+`--clusters affinity:K:auto` (auto.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from antdiff.analysis.sketch import BLOCK_ELEMS, GradientSketch, cosine_matrix
+from antdiff.affinity.sketch import BLOCK_ELEMS, GradientSketch, cosine_matrix
 from antdiff.diffusion import FlowPath, per_sample_loss
 from antdiff.errors import AntError
 
