@@ -36,9 +36,11 @@ from antdiff.tasks.timesteps import (
     UniformSampler,
     build_timestep_sampler,
 )
+from antdiff.tasks.within import StratifiedLossAwareSampler
 
-# registered here, not in timesteps.py: follow.py builds on that module (no import cycle)
+# registered here, not in timesteps.py: these build on that module (no import cycle)
 TIMESTEP_SAMPLINGS["follow"] = FollowSampler
+TIMESTEP_SAMPLINGS["stratified-loss-aware"] = StratifiedLossAwareSampler
 
 __all__ = [
     "COSTS",
@@ -52,6 +54,7 @@ __all__ = [
     "ModeSampler",
     "RangeSampler",
     "SNRCurve",
+    "StratifiedLossAwareSampler",
     "StratifiedSampler",
     "TimestepSampler",
     "UniformSampler",

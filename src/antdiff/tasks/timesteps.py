@@ -221,12 +221,6 @@ class LossAwareSampler(TimestepSampler):
         t = t.cpu()
         return ((mass / widths)[self.partition.task_of(t)] / p[t]).float()
 
-    def shares(self, task: torch.Tensor) -> torch.Tensor:
-        """The coefficients [K] of a batch's per-task mean losses in the model's objective
-        when the method takes them (`sampled:`): n_k / B, the plain mean over the samples."""
-        n = torch.bincount(task.long().cpu(), minlength=self.partition.k).double()
-        return n / n.sum()
-
     def after_step(
         self, t: torch.Tensor, losses: torch.Tensor | None, task_weights: torch.Tensor
     ) -> None:
