@@ -64,6 +64,13 @@ VARIANTS: dict[str, str] = {  # `antdiff train` flags; stratified-*: no MTL; -wN
         f"ant-uw-auto-{s}": f"{ANT['ant-uw-auto']} --timestep-sampling {s}"
         for s in ("loss-aware", "logit-normal")
     },  # combinations: ANT-UW over the intervals, timesteps drawn so
+    "ant-uw-auto-stratified-loss-aware": f"{ANT['ant-uw-auto']} --timestep-sampling "
+    "stratified-loss-aware",  # loss-aware inside each interval, B/K per interval
+    **{  # ANT as a sampler: interval density after UW's weights, floor 0.5 (benchmarks/variance.py)
+        f"ant-uw-auto-follow{n}": "--method sampled:uw --clusters affinity:5:auto "
+        f"--timestep-sampling follow:0.5,0.95,{i}"
+        for n, i in (("", 2), ("-pure", 0))
+    },
 }
 VARIANTS.update(
     {
@@ -76,6 +83,8 @@ VARIANTS.update(
             "ant-uw-auto",
             "ant-uw-auto-w100",
             "ant-uw-auto-logit-normal",
+            "ant-uw-auto-follow",
+            "ant-uw-auto-follow-pure",
         )
     }
 )

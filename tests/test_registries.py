@@ -125,7 +125,8 @@ def test_config_checks_read_the_declarations() -> None:
                 make_config(cfg)
         else:
             assert make_config(cfg).method == name
-    assert [n for n, c in TIMESTEP_SAMPLINGS.items() if c.stratified] == ["stratified"]
+    stratified = [n for n, c in TIMESTEP_SAMPLINGS.items() if c.stratified]
+    assert stratified == ["stratified", "stratified-loss-aware"]
 
 
 def test_metric_declarations_cover_every_key_an_evaluation_writes() -> None:

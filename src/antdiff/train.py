@@ -210,6 +210,8 @@ class Trainer:
             batch.t * len(self.t_counts) // cfg.timesteps, minlength=len(self.t_counts)
         )
         record = [] if parts.timestep_sampler.needs_losses else None
+        if parts.method.takes_shares:  # `sampled:`: the model's update by the drawn batch
+            parts.method.set_shares(parts.timestep_sampler.shares(batch.task))
         parts.weighting.zero_grad(set_to_none=True)
         try:
             step_info = ant_backward(
@@ -233,11 +235,9 @@ class Trainer:
             state.optimizer.step()
             state.ema.step(self.model.parameters())
             ant_after_step(parts.method, self.loss_fn(batch), batch.task[local], counts, self.net)
-            losses = None
-            if record is not None:  # the global batch's losses, the same on every rank
-                rows, mine = (torch.cat(r) for r in zip(*record, strict=True))
-                losses = self.dist.gather_rows(rows, mine, cfg.batch_size)
-            parts.timestep_sampler.after_step(batch.t, losses, step_info.task_weights)
+            losses = _gathered(record, self.dist, cfg.batch_size)
+            weights = parts.method.sampling_weights(step_info.task_weights)
+            parts.timestep_sampler.after_step(batch.t, losses, weights)
         state.step += 1
         return _row(self.step, step_info, counts, state.optimizer.param_groups[0]["lr"])
 
@@ -326,6 +326,15 @@ def _open_run(
     if ckpt is None:
         dist.barrier()
     return run, parts, ckpt
+
+
+def _gathered(record: list | None, dist: distributed.Dist, batch_size: int) -> torch.Tensor | None:
+    """The global batch's per-sample losses that `record` collected on this rank, the same on
+    every rank (None when nothing was recorded)."""
+    if record is None:
+        return None
+    rows, mine = (torch.cat(r) for r in zip(*record, strict=True))
+    return dist.gather_rows(rows, mine, batch_size)
 
 
 def _row(step: int, step_info: StepInfo, counts: torch.Tensor, lr: float) -> StepRow:

@@ -18,7 +18,7 @@ from antdiff.diffusion.samplers import DDPM_SAMPLERS, FLOW_SAMPLERS
 from antdiff.diffusion.schedule import SCHEDULES
 from antdiff.diffusion.weighting import build_weighting
 from antdiff.errors import AntError
-from antdiff.mtl import METHODS, TORCHJD_PREFIX, build_method
+from antdiff.mtl import METHODS, SAMPLED_PREFIX, TORCHJD_PREFIX, build_method
 from antdiff.options import Param
 from antdiff.tasks import (
     ClusterSpec,
@@ -124,8 +124,9 @@ def _check_ranges(cfg: Config) -> None:
 
 def _check_method(cfg: Config, k: int, shorthands: Iterable[str]) -> None:
     """The MTL method exists and trains with the timestep sampling and the weighting."""
-    if cfg.method not in METHODS and not cfg.method.startswith(TORCHJD_PREFIX):
-        names = ", ".join([*shorthands, *METHODS, TORCHJD_PREFIX + "NAME"])
+    prefixed = cfg.method.startswith((TORCHJD_PREFIX, SAMPLED_PREFIX))
+    if cfg.method not in METHODS and not prefixed:
+        names = ", ".join([*shorthands, *METHODS, TORCHJD_PREFIX + "NAME", SAMPLED_PREFIX + "NAME"])
         raise AntError(f"unknown method {cfg.method!r}; choose from {names}")
     sampler, _ = timestep_sampling(cfg.timestep_sampling)
     method = build_method(cfg.method, k, **cfg.method_options)
@@ -134,6 +135,16 @@ def _check_method(cfg: Config, k: int, shorthands: Iterable[str]) -> None:
             f"--method {cfg.method} averages the {k} interval losses, which undoes the weight "
             f"--timestep-sampling {cfg.timestep_sampling} gives the intervals; use --clusters "
             "timestep:1 (one task: the plain mean over the samples)"
+        )
+    if sampler.follows_method and not method.takes_shares:
+        raise AntError(
+            f"--timestep-sampling {sampler.name} draws by the method's weights; train with "
+            f"--method sampled:{cfg.method} so that the model does not get them twice"
+        )
+    if method.takes_shares and not sampler.follows_method:
+        raise AntError(
+            f"--method {cfg.method} trains the model on the plain mean; its weights only drive "
+            "--timestep-sampling follow"
         )
     weighting = build_weighting(cfg.weighting, cfg.prediction)
     if weighting.learned and method.per_task_gradients:  # it would get no combined gradient

@@ -1,6 +1,7 @@
 """Multi-task methods over K tasks; knows nothing of diffusion.
 
-    method = build_method("uw", num_tasks=K)            # mean, uw, famo, pcgrad, nash, torchjd:NAME
+    method = build_method("uw", num_tasks=K)  # mean, uw, famo, pcgrad, nash, torchjd:NAME
+    # sampled:NAME: the model gets the plain mean, NAME only learns weights (antdiff.mtl.sampled)
     optimizer = AdamW([{"params": model.parameters()}, *method.param_groups()], lr=1e-4)
     info = ant_backward(method, loss_fn, task_ids, task_counts, model, scaler=None)
     if info.finite:
@@ -26,6 +27,7 @@ from antdiff.mtl.famo import FAMO
 from antdiff.mtl.mean import Mean
 from antdiff.mtl.nash import NashMTL, NashSolverError, nash_weights
 from antdiff.mtl.pcgrad import PCGrad, pcgrad_weights
+from antdiff.mtl.sampled import SampledGramian, SampledMethod, sampled
 from antdiff.mtl.step import StepInfo, task_sums
 from antdiff.mtl.torchjd import TorchJDMethod
 from antdiff.mtl.uw import UncertaintyWeighting
@@ -39,6 +41,7 @@ METHODS: dict[str, type[MTLMethod]] = {
     "nash": NashMTL,
 }
 TORCHJD_PREFIX = "torchjd:"
+SAMPLED_PREFIX = "sampled:"  # the plain-mean wrapper (antdiff.mtl.sampled)
 
 
 def build_method(name: str, num_tasks: int, **options: Any) -> MTLMethod:
@@ -52,6 +55,8 @@ def build_method(name: str, num_tasks: int, **options: Any) -> MTLMethod:
             if isinstance(value, float) and not math.isfinite(value):
                 raise AntError(f"method {name!r}: {key} must be a finite number, got {value!r}")
         return TorchJDMethod(num_tasks, inner, **values)
+    if name.startswith(SAMPLED_PREFIX):
+        return sampled(build_method(name[len(SAMPLED_PREFIX) :], num_tasks, **options))
     cls = METHODS.get(name)
     if cls is None:
         names = ", ".join([*METHODS, TORCHJD_PREFIX + "NAME"])
@@ -69,6 +74,7 @@ def method_options_help() -> str:
 __all__ = [
     "FAMO",
     "METHODS",
+    "SAMPLED_PREFIX",
     "TORCHJD_PREFIX",
     "Accumulation",
     "GramianMethod",
@@ -78,6 +84,8 @@ __all__ = [
     "NashMTL",
     "NashSolverError",
     "PCGrad",
+    "SampledGramian",
+    "SampledMethod",
     "StepInfo",
     "TorchJDMethod",
     "UncertaintyWeighting",

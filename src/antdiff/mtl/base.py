@@ -69,6 +69,14 @@ class MTLMethod(nn.Module):
 
     #: True: the trainer calls `observe` with the same batch's task losses after each step.
     observes_after_step: bool = False
+    #: True: the model's update uses the shares [K] the timestep sampler gives for each batch
+    #: (`set_shares` before the backward; the `sampled:` wrapper, antdiff.mtl.sampled).
+    takes_shares: bool = False
+
+    def sampling_weights(self, step_weights: Tensor) -> Tensor:
+        """The task weights [K] a timestep sampler that follows the method should follow:
+        the step's effective weights `step_weights`, unless the method trains on others."""
+        return step_weights
 
     def observe(self, losses: Tensor, present: Tensor) -> None:
         """Global task losses [K] of the batch just trained on, at the updated parameters."""

@@ -15,6 +15,7 @@ from antdiff.tasks.clustering import (
     median_cost,
     timestep_cost,
 )
+from antdiff.tasks.follow import FollowSampler
 from antdiff.tasks.partition import IntervalPartition
 from antdiff.tasks.spec import (
     ClusterSpec,
@@ -36,18 +37,25 @@ from antdiff.tasks.timesteps import (
     build_timestep_sampler,
     timestep_sampling,
 )
+from antdiff.tasks.within import StratifiedLossAwareSampler
+
+# registered here, not in timesteps.py: these build on that module (no import cycle)
+TIMESTEP_SAMPLINGS["follow"] = FollowSampler
+TIMESTEP_SAMPLINGS["stratified-loss-aware"] = StratifiedLossAwareSampler
 
 __all__ = [
     "COSTS",
     "TIMESTEP_SAMPLINGS",
     "ClusterSpec",
     "Clustering",
+    "FollowSampler",
     "IntervalPartition",
     "LogitNormalSampler",
     "LossAwareSampler",
     "ModeSampler",
     "RangeSampler",
     "SNRCurve",
+    "StratifiedLossAwareSampler",
     "StratifiedSampler",
     "TimestepSampler",
     "UniformSampler",

@@ -46,6 +46,7 @@ class TimestepSampler:
     stratified: ClassVar[bool] = False
     shapes_density: ClassVar[bool] = False
     needs_losses: ClassVar[bool] = False  # True: the trainer gathers the losses for `after_step`
+    follows_method: ClassVar[bool] = False  # draws by the method's weights (`sampled:` methods)
 
     def __init__(self, partition: IntervalPartition) -> None:
         self.partition = partition
@@ -54,7 +55,7 @@ class TimestepSampler:
     def sample(
         self, batch_size: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_batch(batch_size)
+        check_batch(batch_size)
         t = self.draw(batch_size, generator)
         return t, self.partition.task_of(t)
 
@@ -72,6 +73,12 @@ class TimestepSampler:
     def importance(self, t: torch.Tensor) -> torch.Tensor | None:
         """Per-sample loss weights that keep the objective unbiased (None: all 1)."""
         return None
+
+    def shares(self, task: torch.Tensor) -> torch.Tensor:
+        """The coefficients [K] of a batch's per-task mean losses in the model's objective
+        when the method takes them (`sampled:`): n_k / B, the plain mean over the samples."""
+        n = torch.bincount(task.long().cpu(), minlength=self.partition.k).double()
+        return n / n.sum()
 
     def after_step(
         self, t: torch.Tensor, losses: torch.Tensor | None, task_weights: torch.Tensor
@@ -107,7 +114,7 @@ class StratifiedSampler(TimestepSampler):
     def sample(
         self, batch_size: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_batch(batch_size)
+        check_batch(batch_size)
         counts = self.counts(batch_size, generator)
         task = torch.repeat_interleave(torch.arange(self.partition.k), counts)
         u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
@@ -290,6 +297,6 @@ def timestep_sampling_help() -> str:
     )
 
 
-def _check_batch(batch_size: int) -> None:
+def check_batch(batch_size: int) -> None:
     if batch_size < 1:
         raise AntError(f"batch size must be >= 1, got {batch_size}")
