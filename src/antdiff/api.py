@@ -113,9 +113,10 @@ def evaluate(run_dir: str | Path, device: str = "cpu", **settings: Any) -> dict[
     """Evaluate the run's latest EMA model (settings: see `Evaluator`); the result goes into
     the run's metrics.json and report."""
     run = RunDir.open(run_dir)
-    model = build.trained_model(run, device=str(distributed.resolve_device(device)))
+    ckpt = run.load_checkpoint()  # once: a running training may write a newer one meanwhile
+    model = build.trained_model(run, ckpt, device=str(distributed.resolve_device(device)))
     evaluator = Evaluator(run.cfg, run.info, build.schedule(run.cfg), **settings)
-    result = {"step": run.load_checkpoint().step, **evaluator(model)}
+    result = {"step": ckpt.step, **evaluator(model)}
     run.write_evaluation(result)
     write_report(run)
     return result

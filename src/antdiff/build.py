@@ -17,6 +17,7 @@ from antdiff.data import Dataset, load_dataset
 from antdiff.diffusion import FlowPath, NoiseSchedule, Schedule, Weighting, sample_weighting
 from antdiff.errors import AntError
 from antdiff.models import Denoiser, build_model
+from antdiff.resume import check_checkpoint
 from antdiff.mtl import MTLMethod, build_method
 from antdiff.rundir import Checkpoint, RunDir
 from antdiff.runinfo import RunInfo
@@ -135,6 +136,7 @@ def trained_model(
     """The run's model with the EMA (default) or raw weights of `ckpt` (default: the latest),
     in eval mode."""
     ckpt = ckpt or run.load_checkpoint()
+    check_checkpoint(run, ckpt)
     net = model(run.cfg, run.info)
     try:
         net.load_state_dict({**ckpt.weights, **ckpt.ema} if ema else ckpt.weights)

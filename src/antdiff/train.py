@@ -31,7 +31,7 @@ from antdiff.config import TrainConfig
 from antdiff.errors import AntError, Interrupted, NonFiniteError
 from antdiff.mtl import StepInfo, ant_after_step, ant_backward
 from antdiff.progress import Progress
-from antdiff.resume import check_resumable, checkpoint_info
+from antdiff.resume import check_checkpoint, check_resumable, checkpoint_info
 from antdiff.rundir import Checkpoint, RunDir
 from antdiff.signals import StopSignals
 from antdiff.tasks import Clustering
@@ -312,8 +312,12 @@ def _open_run(
     check_resumable(run.cfg, cfg)
     if dist.main:
         run.lock()
-    ckpt = run.load_checkpoint() if run.has_checkpoint() else None
     try:
+        ckpt = run.load_checkpoint() if run.has_checkpoint() else None
+        if ckpt is None:
+            _check_nothing_logged(run)
+        else:
+            check_checkpoint(run, ckpt)
         parts = build.components(cfg, ckpt and checkpoint_info(run.info, ckpt))
         if ckpt is None and dist.main:  # it starts again from step 0
             run.truncate_metrics(0)
@@ -325,6 +329,18 @@ def _open_run(
     if ckpt is None:
         dist.barrier()
     return run, parts, ckpt
+
+
+def _check_nothing_logged(run: RunDir) -> None:
+    """A resume without a checkpoint starts again from step 0, which is right only for a run
+    that stopped before it logged a step: refuse to erase the history of one whose checkpoints
+    are gone (deleted, or `checkpoints` not a folder)."""
+    logged = [r["step"] for r in run.metrics() if isinstance(r.get("step"), int) and r["step"]]
+    if logged:
+        raise AntError(
+            f"{run.path} logged steps up to {max(logged)} but has no checkpoint in "
+            f"{run.path / 'checkpoints'}; to start over, delete it or train into another --out"
+        )
 
 
 def _row(step_info: StepInfo, counts: torch.Tensor, lr: float) -> dict[str, Any]:

@@ -12,13 +12,14 @@ over checkpoints equals the mean of the per-checkpoint matrices computed one at 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from antdiff import build
+from antdiff import build, checkpoint
 from antdiff.affinity.gradients import (
     DEFAULT_SKETCH,
     LossSetup,
@@ -90,7 +91,13 @@ def run_affinity(
     setup = LossSetup(schedule.loss_path("cpu"), cfg.prediction, cfg.batch_size)
     mats, steps = [], []
     for path in paths:
-        ckpt = run.load_checkpoint(path)
+        try:  # the newest that loads, when it is `last`: a running training prunes old ones
+            ckpt = run.load_checkpoint(None if checkpoints == "last" else path)
+        except checkpoint.Vanished as e:
+            if checkpoints != "all":
+                raise
+            print(f"antdiff: warning: {e}; skipped", file=sys.stderr)
+            continue
         model = build.trained_model(run, ckpt, ema=ema, device=device)
         mats.append(
             affinity_matrix(
@@ -105,6 +112,8 @@ def run_affinity(
             )
         )
         steps.append(ckpt.step)
+    if not mats:
+        raise AntError(f"every checkpoint of {run_dir} was pruned while it was read; try again")
     per = np.stack(mats)
     centre = ((edges[:-1] + edges[1:] - 1) // 2).astype(int)
     settings = {
