@@ -28,7 +28,7 @@ from antdiff.affinity.gradients import (
     make_probe,
 )
 from antdiff.affinity.sketch import block_seed
-from antdiff.errors import AntError
+from antdiff.errors import AntError, replacing
 from antdiff.report import plot_affinity
 from antdiff.rundir import RunDir
 
@@ -144,7 +144,7 @@ def save_affinity(result: AffinityResult, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     summary = {**result.settings, "steps": result.steps, **result.correlations()}
     npz = out / "affinity.npz"
-    with open(npz, "wb") as f:
+    with replacing(npz) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
             affinity=result.affinity,
@@ -154,8 +154,10 @@ def save_affinity(result: AffinityResult, out_dir: str | Path) -> Path:
             log_snr=result.log_snr,
             settings=np.array(json.dumps(summary)),
         )
-    np.save(out / "affinity.npy", result.affinity)
-    (out / "affinity.json").write_text(json.dumps(summary, indent=1))
+    with replacing(out / "affinity.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, result.affinity)
+    with replacing(out / "affinity.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
     plot_affinity(result.affinity, result.edges, result.log_snr, out / "affinity.png")
     return npz
 
