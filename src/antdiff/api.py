@@ -23,7 +23,6 @@ from antdiff.sample_files import save_grid, save_samples
 from antdiff.signals import StopSignals
 from antdiff.train import Trainer
 
-
 # What a signal during the final samples leaves: the run is complete, only its outputs are not.
 _TRAINED = (
     "training is complete and saved; draw samples with antdiff sample --run {0}, "

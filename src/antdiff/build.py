@@ -17,8 +17,8 @@ from antdiff.data import Dataset, load_dataset
 from antdiff.diffusion import FlowPath, NoiseSchedule, Schedule, Weighting, sample_weighting
 from antdiff.errors import AntError
 from antdiff.models import Denoiser, build_model
-from antdiff.resume import check_checkpoint
 from antdiff.mtl import MTLMethod, build_method
+from antdiff.resume import check_checkpoint
 from antdiff.rundir import Checkpoint, RunDir
 from antdiff.runinfo import RunInfo
 from antdiff.tasks import (

@@ -66,8 +66,9 @@ def check_checkpoint(run: RunDir, ckpt: Checkpoint) -> None:
     diff = _differing(old, new)
     if diff:
         detail = ", ".join(f"{k}: {new[k]!r}, checkpoint {old[k]!r}" for k in diff[:4])
+        config = run.path / "config.json"
         raise AntError(
-            f"{run.path / 'config.json'} does not match its checkpoint {ckpt.path.name} ({detail}); "
+            f"{config} does not match its checkpoint {ckpt.path.name} ({detail}); "
             "put back the values the checkpoint was trained with"
         )
 
