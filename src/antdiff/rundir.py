@@ -25,6 +25,7 @@ import os
 import re
 import socket
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ class RunDir:
         try:
             with np.load(npz) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError) as e:  # missing, truncated, not an .npz
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # cut short, not .npz
             raise AntError(f"{npz} is unreadable ({str(e).splitlines()[0]})") from None
         return _read_json(self.path / "tasks.json"), arrays
 
