@@ -65,7 +65,7 @@ def check_checkpoint(run: RunDir, ckpt: Checkpoint) -> None:
     new = _plain(run.cfg.to_dict())
     diff = _differing(old, new)
     if diff:
-        detail = ", ".join(f"{k}: {new[k]!r}, checkpoint {old[k]!r}" for k in diff[:4])
+        detail = ", ".join(f"{k} {new[k]!r} there, {old[k]!r} in it" for k in diff[:4])
         config = run.path / "config.json"
         raise AntError(
             f"{config} does not match its checkpoint {ckpt.path.name} ({detail}); "

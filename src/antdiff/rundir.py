@@ -14,7 +14,8 @@
 Every other module asks a `RunDir` for these records or paths. JSON records are written
 atomically (a temporary file renamed), so a crash or a full disk never leaves half a config; a
 write that fails is one AntError line. Loading falls back from an unreadable checkpoint to the
-newest readable one, with a warning line.
+newest readable one, with a warning line; one that a running training pruned while it was read
+is not unreadable: the checkpoints are listed again.
 """
 
 from __future__ import annotations
