@@ -120,7 +120,9 @@ def test_sigkill_inside_a_checkpoint_write_resumes_exactly(tmp_path: Path) -> No
     assert not list(cut.glob("checkpoints/.tmp-*"))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 def test_signal_saves_a_checkpoint_and_resume_is_exact(tmp_path: Path, sig: int) -> None:
     flags = [*TOY, "--log-every", "1", "--checkpoint-every", "100000"]
     cut = tmp_path / "cut"

@@ -20,7 +20,14 @@ from antdiff.models import count_parameters
 from antdiff.report import write_experiment_report, write_report
 from antdiff.rundir import RunDir
 from antdiff.sample_files import save_grid, save_samples
+from antdiff.signals import StopSignals
 from antdiff.train import Trainer
+
+# What a signal during the final samples leaves: the run is complete, only its outputs are not.
+_TRAINED = (
+    "training is complete and saved; draw samples with antdiff sample --run {0}, "
+    "write the report with antdiff evaluate --run {0}"
+)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> RunDir:
@@ -48,20 +55,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunDir:
                     )
             trainer.fit()
             if trainer.dist.main:
-                with trainer.ema_weights() as model:
-                    x = generate_data(
-                        model,
-                        cfg,
-                        run.info,
-                        parts.schedule,
-                        cfg.num_samples,
-                        sampler=cfg.sampler,
-                        steps=cfg.sample_steps,
-                        guidance=cfg.guidance,
-                        generator=_generator(cfg.seed),
-                    )
-                save_grid(x, run.samples_png)
-                write_report(run)
+                with StopSignals(at_once=_TRAINED.format(run.path)):
+                    with trainer.ema_weights() as model:
+                        x = generate_data(
+                            model,
+                            cfg,
+                            run.info,
+                            parts.schedule,
+                            cfg.num_samples,
+                            sampler=cfg.sampler,
+                            steps=cfg.sample_steps,
+                            guidance=cfg.guidance,
+                            generator=_generator(cfg.seed),
+                        )
+                    save_grid(x, run.samples_png)
+                    write_report(run)
     finally:
         distributed.teardown()
     return run
@@ -113,9 +121,10 @@ def evaluate(run_dir: str | Path, device: str = "cpu", **settings: Any) -> dict[
     """Evaluate the run's latest EMA model (settings: see `Evaluator`); the result goes into
     the run's metrics.json and report."""
     run = RunDir.open(run_dir)
-    model = build.trained_model(run, device=str(distributed.resolve_device(device)))
+    ckpt = run.load_checkpoint()  # once: a running training may write a newer one meanwhile
+    model = build.trained_model(run, ckpt, device=str(distributed.resolve_device(device)))
     evaluator = Evaluator(run.cfg, run.info, build.schedule(run.cfg), **settings)
-    result = {"step": run.load_checkpoint().step, **evaluator(model)}
+    result = {"step": ckpt.step, **evaluator(model)}
     run.write_evaluation(result)
     write_report(run)
     return result

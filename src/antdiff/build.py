@@ -18,6 +18,7 @@ from antdiff.diffusion import FlowPath, NoiseSchedule, Schedule, Weighting, samp
 from antdiff.errors import AntError
 from antdiff.models import Denoiser, build_model
 from antdiff.mtl import MTLMethod, build_method
+from antdiff.resume import check_checkpoint
 from antdiff.rundir import Checkpoint, RunDir
 from antdiff.runinfo import RunInfo
 from antdiff.tasks import (
@@ -137,6 +138,7 @@ def trained_model(
     """The run's model with the EMA (default) or raw weights of `ckpt` (default: the latest),
     in eval mode."""
     ckpt = ckpt or run.load_checkpoint()
+    check_checkpoint(run, ckpt)
     net = model(run.cfg, run.info)
     try:
         net.load_state_dict({**ckpt.weights, **ckpt.ema} if ema else ckpt.weights)

@@ -10,6 +10,7 @@ leaves the previous checkpoint valid. Only `rundir.RunDir` calls this module.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,13 @@ from safetensors.torch import load_file, save_file
 from antdiff.errors import AntError
 
 WEIGHTS, EMA, STATE = "model.safetensors", "ema.safetensors", "state.pt"
+# A checkpoint folder's name; anything else in checkpoints/ (a user's `step_20.bak` copy, the
+# `unreadable-` folders set aside, temporary folders) is not a checkpoint.
+NAME = re.compile(r"step_(\d+)")
+
+
+class Vanished(AntError):
+    """A checkpoint removed while it was read (a running training prunes old ones): not corrupt."""
 
 
 def folder(run_dir: str | Path) -> Path:
@@ -28,6 +36,14 @@ def folder(run_dir: str | Path) -> Path:
 
 def step_of(path: Path) -> int:
     return int(path.name.removeprefix("step_"))
+
+
+def folders(run_dir: str | Path) -> list[Path]:
+    """Every folder named like a checkpoint (complete or not), oldest first."""
+    root = folder(run_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if NAME.fullmatch(p.name) and p.is_dir())
 
 
 def save(
@@ -64,16 +80,16 @@ def save(
 
 def complete(run_dir: str | Path) -> list[Path]:
     """Every complete checkpoint folder, oldest first."""
-    return sorted(p for p in folder(run_dir).glob("step_*") if _complete(p))
+    return [p for p in folders(run_dir) if _complete(p)]
 
 
 def latest(run_dir: str | Path, missing_ok: bool = False) -> Path | None:
     root = folder(run_dir)
     pointer = root / "latest"
     if pointer.is_file():
-        path = root / pointer.read_text().strip()
-        if _complete(path):
-            return path
+        name = pointer.read_text(errors="replace").strip()
+        if NAME.fullmatch(name) and _complete(root / name):
+            return root / name
     candidates = complete(run_dir)
     if candidates:
         return candidates[-1]
@@ -86,12 +102,17 @@ def load(path: Path) -> tuple[dict, dict, dict]:
     """(weights, ema weights, state) of one checkpoint folder, each file verified: the weights'
     safetensors header and data, the state through the safe `weights_only` unpickler."""
     bad = f"checkpoint {path} is unreadable (truncated or corrupt"
+    gone = Vanished(f"checkpoint {path} was removed while it was read (pruned by a training?)")
     try:
         weights, ema = load_file(path / WEIGHTS), load_file(path / EMA)
+    except FileNotFoundError:
+        raise gone from None
     except Exception:  # SafetensorError, OSError: truncated or not safetensors at all
         raise AntError(f"{bad} weights)") from None
     try:
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise gone from None
     except Exception:  # UnpicklingError, EOFError, RuntimeError, ...
         raise AntError(f"{bad} {STATE})") from None
     if not isinstance(state, dict) or "step" not in state:
@@ -115,5 +136,5 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _prune(root: Path, keep: int) -> None:
     """Keep the `keep` newest complete checkpoints (the one just written among them)."""
-    for old in sorted(p for p in root.glob("step_*") if _complete(p))[:-keep]:
+    for old in [p for p in folders(root.parent) if _complete(p)][:-keep]:
         shutil.rmtree(old, ignore_errors=True)

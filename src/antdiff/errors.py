@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,3 +40,18 @@ def writing(path: str | Path) -> Iterator[None]:
         yield
     except OSError as e:
         raise AntError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; it replaces `path` only once written whole
+    (a full disk or a signal leaves the previous file or none, never a partial one). A failed
+    write is one AntError line, as in `writing`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        with writing(path):
+            yield tmp
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from torch import nn
 
 from antdiff.data import decode_latents, load_vae
 from antdiff.diffusion import FlowPath, NoiseSchedule, Schedule, generate, make_scheduler
-from antdiff.errors import AntError
+from antdiff.errors import AntError, writing
 from antdiff.models import Denoiser, PointMLP, disable_label_dropout, unwrap
 
 SUBFOLDERS = {"unet": "unet", "dit": "transformer", "mlp": "mlp"}
@@ -87,7 +88,51 @@ def export_pipeline(
     """
     den, spec = _spec(model)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise AntError(f"cannot write {out}: it is a file")
+    with writing(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:  # written aside, then moved in: a full disk leaves no half export in `out`
+        _write(den, spec, schedule, tmp, prediction, clip_sample, vae, shape)
+        _publish(tmp, out)
+    except AntError:
+        raise
+    except Exception as e:  # OSError, SafetensorError, torch's RuntimeError: a full disk
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        raise AntError(f"cannot write {out}: {reason}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the export written to `tmp` into `out`: by one rename where `out` is absent or
+    empty, else entry by entry with antdiff.json last (what makes a folder an export)."""
+    if not out.exists() or not any(out.iterdir()):
+        os.replace(tmp, out)
+        return
+    meta = tmp / "antdiff.json"
+    for entry in [*sorted(p for p in tmp.iterdir() if p != meta), meta]:
+        target = out / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+
+
+def _write(
+    den: Denoiser,
+    spec: dict[str, Any],
+    schedule: Schedule,
+    out: Path,
+    prediction: str,
+    clip_sample: bool,
+    vae: str | None,
+    shape: tuple[int, ...] | None,
+) -> None:
+    """The export's files in the fresh folder `out`."""
+    out.mkdir()
     flow = isinstance(schedule, FlowPath)
     scheduler = make_scheduler(schedule, "euler" if flow else "ddpm", prediction, clip_sample)
     family = den.family
@@ -117,7 +162,6 @@ def export_pipeline(
     }
     (out / "antdiff.json").write_text(json.dumps(info, indent=2) + "\n")
     (out / "README.md").write_text(_readme(info, schedule))
-    return out
 
 
 def _readme(info: dict[str, Any], schedule: Schedule) -> str:
@@ -158,15 +202,42 @@ def load_exported(path: str | os.PathLike[str]) -> tuple[Denoiser, Any, dict[str
     meta_path = root / "antdiff.json"
     if not meta_path.is_file():
         raise AntError(f"not an antdiff export (no antdiff.json): {root}")
-    info = json.loads(meta_path.read_text())
+    info = _read_meta(meta_path)
     family = info["family"]
-    sub = info["subfolder"] or "unet"
-    net = CLASSES[family].from_pretrained(root, subfolder=sub).eval()
+    sub = info.get("subfolder") or "unet"
+    name = info.get("scheduler", "DDPMScheduler")  # older exports: DDPM
+    kind = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if kind is None or not name.endswith("Scheduler"):
+        raise AntError(f"{meta_path} names an unknown scheduler {name!r}: export the run again")
+    try:
+        net = CLASSES[family].from_pretrained(root, subfolder=sub).eval()
+        scheduler = kind.from_pretrained(root, subfolder="scheduler")
+    except (OSError, ValueError) as e:  # a missing or corrupt file of the export
+        raise AntError(f"{root} is a damaged export ({str(e).splitlines()[0]})") from None
     if family == "dit":
         disable_label_dropout(net)
-    kind = getattr(diffusers, info.get("scheduler", "DDPMScheduler"))  # older exports: DDPM
-    scheduler = kind.from_pretrained(root, subfolder="scheduler")
     return Denoiser(net, info["model"]), scheduler, info
+
+
+# What an export's antdiff.json must hold to be loaded, and to be sampled by antdiff.
+META_KEYS = ("family", "model")
+SAMPLING_KEYS = ("prediction", "schedule", "timesteps", "clip_sample")
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """antdiff.json, checked: valid JSON, a known model family, the keys loading reads."""
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as e:
+        raise AntError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(info, dict):
+        raise AntError(f"{path} does not hold a JSON object")
+    missing = [k for k in META_KEYS if k not in info]
+    if missing:
+        raise AntError(f"{path} lacks {', '.join(missing)}: export the run again")
+    if info["family"] not in CLASSES:
+        raise AntError(f"{path} names an unknown model family {info['family']!r}")
+    return info
 
 
 def is_export(path: str | os.PathLike[str]) -> bool:
@@ -186,8 +257,9 @@ def sample_exported(
 ) -> torch.Tensor:
     """`num` samples in data space from an export (decoded through its VAE for latents)."""
     model, _, info = load_exported(path)
-    if info.get("shape") is None:
-        raise AntError(f"{path} was exported without its sample shape: export the run again")
+    missing = [k for k in ("shape", *SAMPLING_KEYS) if info.get(k) is None]
+    if missing:
+        raise AntError(f"{path} was exported without its {missing[0]}: export the run again")
     if info.get("flow_shift") is not None:
         schedule: Schedule = FlowPath(info["timesteps"], info["flow_shift"])
     else:
@@ -204,6 +276,6 @@ def sample_exported(
         prediction=info["prediction"],
         clip_sample=info["clip_sample"],
     )
-    if info["vae"] is not None:
+    if info.get("vae") is not None:
         x = decode_latents(x, str(Path(path) / info["vae"]))
     return x

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from typing import Any
 
 from antdiff.config import TrainConfig
 from antdiff.errors import AntError
-from antdiff.rundir import Checkpoint
+from antdiff.rundir import LEGACY_KEYS, Checkpoint, RunDir
 from antdiff.runinfo import RunInfo, recorded_tasks
 from antdiff.tasks import IntervalPartition
 
@@ -45,7 +47,37 @@ def checkpoint_info(info: RunInfo, ckpt: Checkpoint) -> RunInfo:
 def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:
     """Refuse to resume a run with settings that change what it trains."""
     old, new = saved.to_dict(), wanted.to_dict()
-    diff = sorted(k for k in old if k not in RESUMABLE and old[k] != new[k])
+    diff = _differing(old, new)
     if diff:
         detail = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff)
         raise AntError(f"{wanted.out} was trained with another config ({detail})")
+
+
+def check_checkpoint(run: RunDir, ckpt: Checkpoint) -> None:
+    """Refuse a run whose config.json no longer says what its checkpoint's weights were
+    trained with: the checkpoint records its own config, and every field that changes the math
+    (all but `RESUMABLE`) must agree, or a resume, sample, evaluation or export would silently
+    treat the weights as another model (DDPM weights sampled as a flow, other intervals)."""
+    saved = ckpt.state.get("config")
+    if not isinstance(saved, dict):  # a checkpoint that does not record its config
+        return
+    old = _plain({LEGACY_KEYS.get(k, k): v for k, v in saved.items()})
+    new = _plain(run.cfg.to_dict())
+    diff = _differing(old, new)
+    if diff:
+        detail = ", ".join(f"{k} {new[k]!r} there, {old[k]!r} in it" for k in diff[:4])
+        config = run.path / "config.json"
+        raise AntError(
+            f"{config} does not match its checkpoint {ckpt.path.name} ({detail}); "
+            "put back the values the checkpoint was trained with"
+        )
+
+
+def _differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The fields both configs have, that a resume may not change, and that differ."""
+    return sorted(k for k in old if k in new and k not in RESUMABLE and old[k] != new[k])
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """As JSON holds them (tuples as lists), so that config.json and a checkpoint compare."""
+    return json.loads(json.dumps(values))

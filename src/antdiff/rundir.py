@@ -14,7 +14,8 @@
 Every other module asks a `RunDir` for these records or paths. JSON records are written
 atomically (a temporary file renamed), so a crash or a full disk never leaves half a config; a
 write that fails is one AntError line. Loading falls back from an unreadable checkpoint to the
-newest readable one, with a warning line.
+newest readable one, with a warning line; one that a running training pruned while it was read
+is not unreadable: the checkpoints are listed again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import re
 import socket
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,16 +138,20 @@ class RunDir:
         """How an affinity:K:auto run chose its tasks: tasks.json (when, from what, the
         intervals, the time it took) and tasks.npz (`affinity` [B, B], usable as
         `--clusters affinity:K:RUN/tasks.npz`; the `snapshots` [S, B, B]; the bin `edges`)."""
+        arrays = {"affinity": affinity, "snapshots": np.asarray(snapshots), "edges": edges}
+        _write_atomic(self.path / "tasks.npz", arrays)
         _write_atomic(self.path / "tasks.json", json.dumps(record, indent=1))
-        with writing(self.path / "tasks.npz"), open(self.path / "tasks.npz", "wb") as f:
-            np.savez(f, affinity=affinity, snapshots=np.asarray(snapshots), edges=edges)
 
     def tasks(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
         """(tasks.json, tasks.npz arrays) of an affinity:K:auto run that has chosen, or None."""
         if not (self.path / "tasks.json").is_file():
             return None
-        with np.load(self.path / "tasks.npz") as z:
-            arrays = {k: z[k] for k in z.files}
+        npz = self.path / "tasks.npz"
+        try:
+            with np.load(npz) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # cut short, not .npz
+            raise AntError(f"{npz} is unreadable ({str(e).splitlines()[0]})") from None
         return _read_json(self.path / "tasks.json"), arrays
 
     def write_config(self, cfg: TrainConfig) -> None:
@@ -235,23 +241,19 @@ class RunDir:
         be read, say truncated when the disk filled, gets a warning line and is skipped)."""
         if path is not None:
             return Checkpoint(path, *checkpoint.load(path))
-        latest = checkpoint.latest(self.path)
-        order = [latest, *(p for p in reversed(self.checkpoints()) if p != latest)]
-        for i, candidate in enumerate(order):
+        for _ in range(10):  # a running training pruned what was listed: list them again
+            latest = checkpoint.latest(self.path)
+            order = [latest, *(p for p in reversed(self.checkpoints()) if p != latest)]
             try:
-                ckpt = Checkpoint(candidate, *checkpoint.load(candidate))
-            except AntError as e:
-                if i == len(order) - 1:
-                    raise AntError(f"no readable checkpoint in {self.path}: {e}") from None
-                print(f"antdiff: warning: {e}; using an older one", file=sys.stderr)
+                return _first_readable(self.path, order)
+            except checkpoint.Vanished:
                 continue
-            return ckpt
-        raise AntError(f"no checkpoint in {checkpoint.folder(self.path)}")
+        raise AntError(f"the checkpoints of {self.path} keep vanishing while read; try again")
 
     def set_aside_after(self, step: int) -> None:
         """Move checkpoints newer than `step` (unreadable ones a resume skipped) out of the way,
         to checkpoints/unreadable-step_N, so that pruning never removes the good ones."""
-        for p in checkpoint.folder(self.path).glob("step_*"):
+        for p in checkpoint.folders(self.path):
             if checkpoint.step_of(p) > step:
                 with writing(p):
                     os.replace(p, p.with_name(f"unreadable-{p.name}"))
@@ -271,6 +273,21 @@ class RunDir:
 
 
 RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "checkpoints", "tasks.json")
+
+
+def _first_readable(run: Path, order: list[Path]) -> Checkpoint:
+    """The first of `order` that loads; an unreadable one gets a warning line (the last, an
+    error). A vanished one raises `checkpoint.Vanished`: the caller lists them again."""
+    for i, candidate in enumerate(order):
+        try:
+            return Checkpoint(candidate, *checkpoint.load(candidate))
+        except checkpoint.Vanished:
+            raise
+        except AntError as e:
+            if i == len(order) - 1:
+                raise AntError(f"no readable checkpoint in {run}: {e}") from None
+            print(f"antdiff: warning: {e}; using an older one", file=sys.stderr)
+    raise AntError(f"no checkpoint in {checkpoint.folder(run)}")
 
 
 def make_dir(path: Path) -> None:
@@ -304,11 +321,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, content: str | dict[str, np.ndarray]) -> None:
+    """Write `content` (text, or arrays for an .npz) to a temporary file, then rename it."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with writing(path):
-            tmp.write_text(text)
+            if isinstance(content, str):
+                tmp.write_text(content)
+            else:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **content)
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from antdiff.errors import AntError, writing
+from antdiff.errors import AntError, replacing, writing
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -49,7 +49,8 @@ def save_grid(
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    img.save(path, format="PNG")
+    with replacing(path) as tmp:
+        img.save(tmp, format="PNG")
     return path
 
 
@@ -64,8 +65,11 @@ def save_scatter(points: torch.Tensor, path: str | os.PathLike[str], lim: float 
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     ax.scatter(p[:, 0], p[:, 1], s=1, alpha=0.5)
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
-    fig.savefig(path, format="png", bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, format="png", bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return Path(path)
 
 
@@ -86,7 +90,7 @@ def save_npz(
         arrays["labels"] = labels.detach().cpu().numpy().astype(np.int64)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     return path
 

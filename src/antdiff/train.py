@@ -32,7 +32,7 @@ from antdiff.errors import AntError, Interrupted, NonFiniteError
 from antdiff.metricrows import EvalRow, StepRow, TasksRow
 from antdiff.mtl import StepInfo, ant_after_step, ant_backward
 from antdiff.progress import Progress
-from antdiff.resume import check_resumable, checkpoint_info
+from antdiff.resume import check_checkpoint, check_resumable, checkpoint_info
 from antdiff.rundir import Checkpoint, RunDir
 from antdiff.signals import StopSignals
 from antdiff.tasks import Clustering
@@ -313,8 +313,12 @@ def _open_run(
     check_resumable(run.cfg, cfg)
     if dist.main:
         run.lock()
-    ckpt = run.load_checkpoint() if run.has_checkpoint() else None
     try:
+        ckpt = run.load_checkpoint() if run.has_checkpoint() else None
+        if ckpt is None:
+            _check_nothing_logged(run)
+        else:
+            check_checkpoint(run, ckpt)
         parts = build.components(cfg, ckpt and checkpoint_info(run.info, ckpt))
         if ckpt is None and dist.main:  # it starts again from step 0
             run.truncate_metrics(0)
@@ -335,6 +339,18 @@ def _gathered(record: list | None, dist: distributed.Dist, batch_size: int) -> t
         return None
     rows, mine = (torch.cat(r) for r in zip(*record, strict=True))
     return dist.gather_rows(rows, mine, batch_size)
+
+
+def _check_nothing_logged(run: RunDir) -> None:
+    """A resume without a checkpoint starts again from step 0, which is right only for a run
+    that stopped before it logged a step: refuse to erase the history of one whose checkpoints
+    are gone (deleted, or `checkpoints` not a folder)."""
+    logged = [r.step for r in run.metrics() if r.step]
+    if logged:
+        raise AntError(
+            f"{run.path} logged steps up to {max(logged)} but has no checkpoint in "
+            f"{run.path / 'checkpoints'}; to start over, delete it or train into another --out"
+        )
 
 
 def _row(step: int, step_info: StepInfo, counts: torch.Tensor, lr: float) -> StepRow:

@@ -12,13 +12,14 @@ over checkpoints equals the mean of the per-checkpoint matrices computed one at 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from antdiff import build
+from antdiff import build, checkpoint
 from antdiff.affinity.gradients import (
     DEFAULT_SKETCH,
     LossSetup,
@@ -27,7 +28,7 @@ from antdiff.affinity.gradients import (
     make_probe,
 )
 from antdiff.affinity.sketch import block_seed
-from antdiff.errors import AntError
+from antdiff.errors import AntError, replacing
 from antdiff.report import plot_affinity
 from antdiff.rundir import RunDir
 
@@ -90,7 +91,13 @@ def run_affinity(
     setup = LossSetup(schedule.loss_path("cpu"), cfg.prediction, cfg.batch_size)
     mats, steps = [], []
     for path in paths:
-        ckpt = run.load_checkpoint(path)
+        try:  # the newest that loads, when it is `last`: a running training prunes old ones
+            ckpt = run.load_checkpoint(None if checkpoints == "last" else path)
+        except checkpoint.Vanished as e:
+            if checkpoints != "all":
+                raise
+            print(f"antdiff: warning: {e}; skipped", file=sys.stderr)
+            continue
         model = build.trained_model(run, ckpt, ema=ema, device=device)
         mats.append(
             affinity_matrix(
@@ -105,6 +112,8 @@ def run_affinity(
             )
         )
         steps.append(ckpt.step)
+    if not mats:
+        raise AntError(f"every checkpoint of {run_dir} was pruned while it was read; try again")
     per = np.stack(mats)
     centre = ((edges[:-1] + edges[1:] - 1) // 2).astype(int)
     settings = {
@@ -135,7 +144,7 @@ def save_affinity(result: AffinityResult, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     summary = {**result.settings, "steps": result.steps, **result.correlations()}
     npz = out / "affinity.npz"
-    with open(npz, "wb") as f:
+    with replacing(npz) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
             affinity=result.affinity,
@@ -145,8 +154,10 @@ def save_affinity(result: AffinityResult, out_dir: str | Path) -> Path:
             log_snr=result.log_snr,
             settings=np.array(json.dumps(summary)),
         )
-    np.save(out / "affinity.npy", result.affinity)
-    (out / "affinity.json").write_text(json.dumps(summary, indent=1))
+    with replacing(out / "affinity.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, result.affinity)
+    with replacing(out / "affinity.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
     plot_affinity(result.affinity, result.edges, result.log_snr, out / "affinity.png")
     return npz
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from antdiff.errors import replacing
 from antdiff.report.html import Section, img_file, page, table
 
 
@@ -100,5 +101,6 @@ def write_experiment_report(folder: str | Path) -> Path:
     sections = [s for s in (transfer_section(folder), affinity_section(folder)) if s]
     out = folder / "report.html"
     summary = "Observations O1 and O2 of Go et al. (NeurIPS 2023) measured by antdiff."
-    out.write_text(page(f"antdiff analysis {folder.name}", summary, sections))
+    with replacing(out) as tmp:
+        tmp.write_text(page(f"antdiff analysis {folder.name}", summary, sections))
     return out

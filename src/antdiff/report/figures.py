@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from antdiff.errors import replacing
 from antdiff.metricrows import StepRow
 from antdiff.metrics.declare import METRICS, PRIMARY
 from antdiff.tasks import IntervalPartition
@@ -146,6 +147,9 @@ def _centres_to_edges(c: np.ndarray) -> np.ndarray:
 def _save(fig: Figure, path: str | Path | IO[bytes] | None) -> None:
     if path is None:
         return
-    if isinstance(path, str | Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, format="png", bbox_inches="tight")
+    if not isinstance(path, str | Path):
+        fig.savefig(path, dpi=120, format="png", bbox_inches="tight")
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")

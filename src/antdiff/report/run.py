@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from antdiff import build
+from antdiff.errors import replacing
 from antdiff.metricrows import EvalRow, StepRow
 from antdiff.metrics.declare import METRICS
 from antdiff.report.analysis import affinity_section, interval_labels
@@ -150,5 +151,6 @@ def write_report(run: RunDir) -> Path:
         f"weighting {html.escape(cfg.weighting)}); step {last.step if last else 0} of "
         f"{cfg.steps}, final loss {last.loss if last else float('nan'):.4f}"
     )
-    run.report_html.write_text(page(f"antdiff run {run.path.name}", summary, sections))
+    with replacing(run.report_html) as tmp:
+        tmp.write_text(page(f"antdiff run {run.path.name}", summary, sections))
     return run.report_html
