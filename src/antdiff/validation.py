@@ -18,7 +18,7 @@ from antdiff.diffusion.samplers import DDPM_SAMPLERS, FLOW_SAMPLERS
 from antdiff.diffusion.schedule import SCHEDULES
 from antdiff.diffusion.weighting import build_weighting
 from antdiff.errors import AntError
-from antdiff.mtl import METHODS, SAMPLED_PREFIX, TORCHJD_PREFIX, build_method
+from antdiff.mtl import ANCHORED_PREFIX, METHODS, SAMPLED_PREFIX, TORCHJD_PREFIX, build_method
 from antdiff.options import Param
 from antdiff.tasks import (
     ClusterSpec,
@@ -124,9 +124,10 @@ def _check_ranges(cfg: Config) -> None:
 
 def _check_method(cfg: Config, k: int, shorthands: Iterable[str]) -> None:
     """The MTL method exists and trains with the timestep sampling and the weighting."""
-    prefixed = cfg.method.startswith((TORCHJD_PREFIX, SAMPLED_PREFIX))
+    prefixed = cfg.method.startswith((TORCHJD_PREFIX, SAMPLED_PREFIX, ANCHORED_PREFIX))
     if cfg.method not in METHODS and not prefixed:
-        names = ", ".join([*shorthands, *METHODS, TORCHJD_PREFIX + "NAME", SAMPLED_PREFIX + "NAME"])
+        prefixes = (TORCHJD_PREFIX, SAMPLED_PREFIX, ANCHORED_PREFIX)
+        names = ", ".join([*shorthands, *METHODS, *(p + "NAME" for p in prefixes)])
         raise AntError(f"unknown method {cfg.method!r}; choose from {names}")
     sampler, _ = timestep_sampling(cfg.timestep_sampling)
     method = build_method(cfg.method, k, **cfg.method_options)
@@ -141,11 +142,13 @@ def _check_method(cfg: Config, k: int, shorthands: Iterable[str]) -> None:
             f"--timestep-sampling {sampler.name} draws by the method's weights; train with "
             f"--method sampled:{cfg.method} so that the model does not get them twice"
         )
-    if method.takes_shares and not sampler.follows_method:
+    if method.needs_follow and not sampler.follows_method:
         raise AntError(
             f"--method {cfg.method} trains the model on the plain mean; its weights only drive "
             "--timestep-sampling follow"
         )
+    if sampler.follows_method and not method.needs_follow:
+        raise AntError(f"--timestep-sampling follow pairs with sampled:NAME, not {cfg.method}")
     weighting = build_weighting(cfg.weighting, cfg.prediction)
     if weighting.learned and method.per_task_gradients:  # it would get no combined gradient
         raise AntError(

@@ -27,7 +27,7 @@ from antdiff.mtl.famo import FAMO
 from antdiff.mtl.mean import Mean
 from antdiff.mtl.nash import NashMTL, NashSolverError, nash_weights
 from antdiff.mtl.pcgrad import PCGrad, pcgrad_weights
-from antdiff.mtl.sampled import SampledGramian, SampledMethod, sampled
+from antdiff.mtl.sampled import AnchoredMethod, SampledGramian, SampledMethod, anchored, sampled
 from antdiff.mtl.step import StepInfo, task_sums
 from antdiff.mtl.torchjd import TorchJDMethod
 from antdiff.mtl.uw import UncertaintyWeighting
@@ -42,6 +42,7 @@ METHODS: dict[str, type[MTLMethod]] = {
 }
 TORCHJD_PREFIX = "torchjd:"
 SAMPLED_PREFIX = "sampled:"  # the plain-mean wrapper (antdiff.mtl.sampled)
+ANCHORED_PREFIX = "anchored:"  # the anchor density's objective, bounded corrections
 
 
 def build_method(name: str, num_tasks: int, **options: Any) -> MTLMethod:
@@ -57,6 +58,8 @@ def build_method(name: str, num_tasks: int, **options: Any) -> MTLMethod:
         return TorchJDMethod(num_tasks, inner, **values)
     if name.startswith(SAMPLED_PREFIX):
         return sampled(build_method(name[len(SAMPLED_PREFIX) :], num_tasks, **options))
+    if name.startswith(ANCHORED_PREFIX):
+        return anchored(build_method(name[len(ANCHORED_PREFIX) :], num_tasks, **options))
     cls = METHODS.get(name)
     if cls is None:
         names = ", ".join([*METHODS, TORCHJD_PREFIX + "NAME"])
@@ -72,11 +75,13 @@ def method_options_help() -> str:
 
 
 __all__ = [
+    "ANCHORED_PREFIX",
     "FAMO",
     "METHODS",
     "SAMPLED_PREFIX",
     "TORCHJD_PREFIX",
     "Accumulation",
+    "AnchoredMethod",
     "GramianMethod",
     "LossMethod",
     "MTLMethod",

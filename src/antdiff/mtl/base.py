@@ -72,6 +72,9 @@ class MTLMethod(nn.Module):
     #: True: the model's update uses the shares [K] the timestep sampler gives for each batch
     #: (`set_shares` before the backward; the `sampled:` wrapper, antdiff.mtl.sampled).
     takes_shares: bool = False
+    #: With `takes_shares`: the shares alone are the objective, so the density must follow the
+    #: method's weights (`--timestep-sampling follow`; `anchored:` corrects any density instead).
+    needs_follow: bool = False
 
     def sampling_weights(self, step_weights: Tensor) -> Tensor:
         """The task weights [K] a timestep sampler that follows the method should follow:

@@ -34,6 +34,7 @@ class _Shares:
     num_tasks: int
     shares: Tensor | None = None
     takes_shares = True
+    needs_follow = True  # the shares alone are the model's objective: pair with `follow`
 
     def set_shares(self, shares: Tensor) -> None:
         """The model update's coefficients [K] on the per-task mean losses of this step's
@@ -50,7 +51,7 @@ class _Shares:
 
 
 def _check_inner(inner: MTLMethod, num_tasks: int, kind: type) -> None:
-    if not isinstance(inner, kind) or isinstance(inner, SampledMethod | SampledGramian):
+    if not isinstance(inner, kind) or getattr(inner, "takes_shares", False):
         raise AntError(f"sampled: cannot wrap {type(inner).__name__}")
     if inner.num_tasks != num_tasks:
         raise AntError(f"sampled: inner method has {inner.num_tasks} tasks, not {num_tasks}")
@@ -76,7 +77,11 @@ class SampledMethod(_Shares, LossMethod):
             inner = self.inner(leaf, present)
             (grad,) = torch.autograd.grad(inner, leaf, retain_graph=True)
         self.last_inner = torch.where(present, grad, torch.zeros_like(grad)).detach().cpu()
-        return (shares * losses)[present].sum() + inner
+        return (self.corrected(shares, grad.detach(), present) * losses)[present].sum() + inner
+
+    def corrected(self, shares: Tensor, weights: Tensor, present: Tensor) -> Tensor:
+        """The model's coefficients on the task losses: the shares themselves."""
+        return shares
 
     def sampling_weights(self, step_weights: Tensor | None = None) -> Tensor:
         """The inner method's weights d inner / d L_k [K] at the last step's losses."""
@@ -125,6 +130,30 @@ class SampledGramian(_Shares, GramianMethod):
 
     def param_groups(self) -> list[dict[str, Any]]:
         return self.inner.param_groups()
+
+
+class AnchoredMethod(SampledMethod):
+    """`anchored:METHOD`: the timestep density is the practitioner's (logit-normal, loss-aware,
+    ...), and METHOD's weights only correct it within [1/BOUND, BOUND]: the model's objective is
+    sum_k shares_k c_k L_k with c_k = clip(w_k / mean_j w_j, 1/BOUND, BOUND) (w: the inner
+    method's weights at this step's losses, mean over the tasks in the batch). At worst it is the
+    anchor's own objective distorted by at most BOUND per interval (Kingma & Gao 2023: a weight
+    and a density are interchangeable in expectation, so a bounded weight keeps the density's
+    variance)."""
+
+    BOUND = 2.0
+    needs_follow = False
+
+    def corrected(self, shares: Tensor, weights: Tensor, present: Tensor) -> Tensor:
+        ratio = weights / weights[present].mean().clamp_min(torch.finfo(weights.dtype).tiny)
+        return shares * ratio.clamp(1 / self.BOUND, self.BOUND)
+
+
+def anchored(inner: MTLMethod) -> AnchoredMethod:
+    """The `anchored:` wrapper (loss-based inner methods: their weights come with the losses)."""
+    if not isinstance(inner, LossMethod):
+        raise AntError(f"anchored: wraps loss-based methods (uw, famo), not {type(inner).__name__}")
+    return AnchoredMethod(inner.num_tasks, inner)
 
 
 def sampled(inner: MTLMethod) -> SampledMethod | SampledGramian:

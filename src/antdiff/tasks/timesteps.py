@@ -229,16 +229,24 @@ class LossAwareSampler(TimestepSampler):
     def density(self) -> np.ndarray:
         return self.probabilities().numpy()
 
+    def mass(self) -> torch.Tensor:
+        """P_k [K]: the probability of drawing a t in each interval now."""
+        p, part = self.probabilities(), self.partition
+        task = part.task_of(torch.arange(self.T))
+        return torch.zeros(part.k, dtype=torch.float64).index_add_(0, task, p)
+
+    def shares(self, task: torch.Tensor) -> torch.Tensor:
+        """(n_k / B) (W_k / T) / P_k: with the per-task importance weights, the uniform
+        objective sum_k (W_k / T) L_k in expectation (the anchor an `anchored:` method keeps)."""
+        widths = self.partition.widths.double()
+        return super().shares(task) * (widths / self.T) / self.mass()
+
     def importance(self, t: torch.Tensor) -> torch.Tensor:
         """(P_k / W_k) / p_t for t in task k (mass P_k, width W_k): each task's mean loss stays
         the uniform mean over its interval; with one task, Improved DDPM's 1 / (T p_t)."""
-        p = self.probabilities()
-        widths = self.partition.widths.double()
-        mass = torch.zeros(self.partition.k, dtype=torch.float64).index_add_(
-            0, self.partition.task_of(torch.arange(self.T)), p
-        )
+        p, widths = self.probabilities(), self.partition.widths.double()
         t = t.cpu()
-        return ((mass / widths)[self.partition.task_of(t)] / p[t]).float()
+        return ((self.mass() / widths)[self.partition.task_of(t)] / p[t]).float()
 
     def after_step(
         self, t: torch.Tensor, losses: torch.Tensor | None, task_weights: torch.Tensor

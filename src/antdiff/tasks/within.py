@@ -17,7 +17,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from antdiff.tasks.timesteps import LossAwareSampler, StratifiedSampler, check_batch
+from antdiff.tasks.timesteps import (
+    LossAwareSampler,
+    StratifiedSampler,
+    TimestepSampler,
+    check_batch,
+)
 
 
 class StratifiedLossAwareSampler(LossAwareSampler):
@@ -41,9 +46,11 @@ class StratifiedLossAwareSampler(LossAwareSampler):
         )
         return t, part.task_of(t)
 
+    def shares(self, task: torch.Tensor) -> torch.Tensor:
+        """n_k / B = 1/K: the mean of the interval means, as the paper's stratified scheme."""
+        return TimestepSampler.shares(self, task)
+
     def density(self) -> np.ndarray:
         """(counts share 1/K of each interval) x p_t / P_k."""
-        p, part = self.probabilities(), self.partition
-        task = part.task_of(torch.arange(self.T))
-        mass = torch.zeros(part.k, dtype=torch.float64).index_add_(0, task, p)
-        return (p / mass[task] / part.k).numpy()
+        task = self.partition.task_of(torch.arange(self.T))
+        return (self.probabilities() / self.mass()[task] / self.partition.k).numpy()
