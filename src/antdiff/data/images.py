@@ -223,7 +223,8 @@ def _find_idx(root: Path, split: str, what: str) -> Path | None:
 
 def load_mnist(path: str, resolution: int | None = None, split: str = "train") -> Dataset:
     """MNIST-style IDX files in a directory (train-images-idx3-ubyte or train-images.idx3-ubyte,
-    optionally .gz, with the matching labels file); ``split`` is "train" or "t10k"."""
+    optionally .gz, with the matching labels file); ``split`` is "train" or "t10k". Exact
+    duplicates are dropped and the held-out order is fixed by content (data/curate.py)."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise AntError(f"MNIST folder not found: {root}")
@@ -237,5 +238,10 @@ def load_mnist(path: str, resolution: int | None = None, split: str = "train") -
     labels = None if labels_path is None else read_idx(labels_path)
     if labels is not None and labels.shape != images.shape[:1]:
         raise AntError(f"{labels_path}: {labels.shape} labels for {images.shape[0]} images")
+    from antdiff.data.curate import curate
+
+    images, labels, order, removed = curate(images, labels)
     x = resize(to_unit_range(images)[:, None], resolution)
-    return _image_dataset(x, labels, f"mnist:{root}")
+    data = _image_dataset(x, labels, f"mnist:{root}", duplicates_removed=removed)
+    data.heldout_order = order
+    return data
