@@ -46,9 +46,18 @@ def gaussian_stats(features: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance_from_stats(
-    mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike, eps: float = 1e-6
+    mu1: ArrayLike,
+    sigma1: ArrayLike,
+    mu2: ArrayLike,
+    sigma2: ArrayLike,
+    eps: float = 1e-6,
+    tolerance: float = 1e-8,
 ) -> float:
-    """Squared Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2)."""
+    """Squared Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    A result below 0 by at most ``tolerance`` x (Tr S1 + Tr S2 + 1) is round-off and gives 0;
+    singular covariances (fewer samples than dimensions) need a looser one (about 1e-5).
+    """
     mu1, mu2 = _as_float64(mu1), _as_float64(mu2)
     s1, s2 = np.atleast_2d(_as_float64(sigma1)), np.atleast_2d(_as_float64(sigma2))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
@@ -68,7 +77,7 @@ def frechet_distance_from_stats(
         covmean = covmean.real
     value = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean)
     if value < 0:  # round-off makes the distance of a set to itself a tiny negative number
-        if value < -1e-8 * (np.trace(s1) + np.trace(s2) + 1.0):
+        if value < -tolerance * (np.trace(s1) + np.trace(s2) + 1.0):
             raise AntError(f"Frechet distance came out negative ({value:.3g}): bad statistics")
         value = 0.0
     return float(value)
