@@ -88,14 +88,14 @@ class TrainConfig:
     def heldout_size(self) -> int:
         if self.holdout is not None:
             return self.holdout
-        return 300 if self.dataset == "digits" else 0
+        return {"digits": 300, "animals": 1000}.get(self.dataset, 0)
 
 
 HELP = {
-    "dataset": "digits | toy:NAME | folder:PATH | npz:PATH | mnist:DIR (IDX files)",
+    "dataset": "digits | animals | toy:NAME | folder:PATH | npz:PATH | mnist:DIR (IDX files)",
     "resolution": "resize images to this side length",
     "vae": "a diffusers AutoencoderKL folder: train in its latent space (LDM)",
-    "holdout": "samples kept out of training for the held-out loss (digits: 300, else 0)",
+    "holdout": "samples kept out of training (held-out loss); digits 300, animals 1000, else 0",
     "model": "auto (by data shape), unet-tiny, unet-small, unet-base, dit-tiny, dit-s, mlp",
     "model_options": "JSON object overriding the model's diffusers config",
     "conditional": "class-conditional (needs labels); classifier-free guidance at sampling",
@@ -142,6 +142,25 @@ HELP = {
 }
 
 # Named starting points; any flag overrides them.
+CPU28: dict[str, Any] = {
+    "model": "unet-small",
+    "conditional": True,
+    "holdout": 1000,
+    "steps": 2500,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "checkpoint_every": 500,
+    "num_samples": 100,
+}
+GPU28: dict[str, Any] = {
+    **CPU28,
+    "model": "unet-base",
+    "steps": 30000,
+    "batch_size": 128,
+    "lr": 2e-4,
+    "checkpoint_every": 5000,
+    "eval_num": 2000,
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "dataset": "digits",
@@ -167,15 +186,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sampler": "ddpm",
         "sample_steps": 1000,
     },
-    "mnist": {
-        "model": "unet-small",
-        "steps": 20000,
-        "batch_size": 128,
-        "lr": 2e-4,
-        "checkpoint_every": 2000,
-    },
+    # 28x28 on 2 CPU cores, about 10 minutes (docs/data.md); the -gpu ones for one GPU.
+    "animals": {"dataset": "animals", **CPU28},
+    "animals-gpu": {"dataset": "animals", **GPU28},
+    "mnist": CPU28,
+    "mnist-gpu": GPU28,
 }
-PRESET_NEEDS = {"mnist": ("dataset", "--dataset mnist:PATH (a folder of MNIST IDX files)")}
+_MNIST = ("dataset", "--dataset mnist:PATH (a folder of MNIST IDX files)")
+PRESET_NEEDS = {"mnist": _MNIST, "mnist-gpu": _MNIST}
 
 # The baselines as `--method` names. "vanilla" is L_simple everywhere in antdiff: uniform
 # timesteps and the plain mean loss (Ho et al. 2020); min-snr and p2 are vanilla with that
