@@ -89,18 +89,39 @@ def reference_stats(
     return mu, sigma
 
 
-def side_stats(spec: str, net: Inception | None = None, progress: bool = True) -> Stats:
-    """Statistics of one side of ``antdiff fid``: folder, .npz (images or mu/sigma) or data set."""
+def load_side(spec: str) -> Stats | tuple[Tensor, str | None]:
+    """One side of ``antdiff fid``: stored (mu, sigma), or (images, data set name or None).
+
+    Everything is read and checked here, before the network is loaded: a bad side fails fast.
+    """
     p = Path(spec).expanduser()
     if p.is_dir():
-        return image_stats(load_folder(str(p)).x, net, progress)
-    if p.suffix == ".npz" and p.is_file():
+        images, name = load_folder(str(p)).x, None
+    elif p.suffix == ".npz" and p.is_file():
         stats = _npz_stats(p)
-        return stats if stats is not None else image_stats(load_npz(str(p)).x, net, progress)
-    data = load_dataset(spec)
-    if data.kind != "image":
-        raise AntError(f"FID needs images; {data.name} holds {data.kind}")
-    return reference_stats(data.x, data.name, net, progress)
+        if stats is not None:
+            return stats
+        images, name = load_npz(str(p)).x, None
+    else:
+        data = load_dataset(spec)
+        images, name = data.x, data.name
+    if images.ndim != 4:
+        raise AntError(f"FID needs images; {spec} holds points")
+    if len(images) < MIN_IMAGES:
+        raise AntError(f"FID needs at least {MIN_IMAGES} images, {spec} has {len(images)}")
+    return images, name
+
+
+def side_stats(
+    side: Stats | tuple[Tensor, str | None], net: Inception, progress: bool = True
+) -> Stats:
+    """Statistics of a loaded side; a data set's are cached, a folder's or file's are not."""
+    first, name = side
+    if isinstance(first, np.ndarray):  # stored (mu, sigma)
+        return first, np.asarray(name)
+    if name is None:
+        return image_stats(first, net, progress)
+    return reference_stats(first, name, net, progress)
 
 
 def _npz_stats(path: Path) -> Stats | None:
@@ -118,5 +139,6 @@ def _npz_stats(path: Path) -> Stats | None:
 
 def inception_fid(a: str, b: str, device: str = "cpu", progress: bool = True) -> float:
     """The standard FID between two sides (see the module docstring)."""
+    sides = [load_side(a), load_side(b)]
     net = Inception(device)
-    return fid_from_stats(side_stats(a, net, progress), side_stats(b, net, progress))
+    return fid_from_stats(*(side_stats(side, net, progress) for side in sides))
