@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -102,7 +103,9 @@ class Inception:
         self.path = weights_file()
         self.device = torch.device(device)
         try:
-            self.net = torch.jit.load(str(self.path), map_location=self.device).eval()
+            with warnings.catch_warnings():  # torch warns that TorchScript is deprecated
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.net = torch.jit.load(str(self.path), map_location=self.device).eval()
         except (RuntimeError, OSError) as exc:
             raise AntError(f"cannot load {self.path}: {exc}".splitlines()[0]) from exc
         self.sha256 = file_sha256(self.path)
