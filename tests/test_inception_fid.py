@@ -165,3 +165,45 @@ def test_agrees_with_the_reference_pipeline() -> None:
     assert np.allclose(np.asarray(ref.ref_feats_list), fa, rtol=1e-3, atol=1e-3)
     assert ours == pytest.approx(theirs, rel=0.01)
     assert ours > 1.0  # two different sets
+
+
+class _FakeInception(_FakeNet):
+    """The network's place in `evaluate --fid`, without the extra (features of any size)."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__()
+
+    def features(self, images: torch.Tensor, progress: bool = True) -> np.ndarray:
+        self.calls += 1
+        small = F.adaptive_avg_pool2d(images.float(), 4).reshape(len(images), -1)
+        return torch.cat([small, small.square()], 1).double().numpy()
+
+
+def test_evaluate_fid_uses_cached_reference_statistics(tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    import antdiff.evaluate
+
+    run = tmp_path / "run"
+    argv = ["--dataset", "digits", "--batch-size", "16", "--num-samples", "4"]
+    argv += ["--sample-steps", "2", "--method", "vanilla", "--timesteps", "50"]
+    assert main(["train", *argv, "--steps", "2", "--out", str(run)]) == 0
+    evaluate = ["evaluate", "--run", str(run), "--num", "130", "--steps", "2", "--fid", "--json"]
+    real_find = importlib.util.find_spec
+    with monkeypatch.context() as m:  # without the extra: one line, before any sampling
+        m.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a: None if name == inception.PACKAGE else real_find(name, *a),
+        )
+        capsys.readouterr()
+        assert main(evaluate) == 2
+        assert "ant-diffusion[fid]" in _one_line(capsys)
+    monkeypatch.setenv("ANTDIFF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(antdiff.evaluate, "Inception", _FakeInception)
+    capsys.readouterr()
+    assert main(evaluate) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["fid"] > 0 and len(list((tmp_path / "cache" / "fid_stats").glob("*"))) == 1
+    assert main(evaluate) == 0
+    assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(first["fid"])
