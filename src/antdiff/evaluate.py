@@ -115,6 +115,8 @@ class Evaluator:
         sampler = check_sampler(schedule, sampler or default_sampler(schedule))
         self.num, self.sampler, self.steps, self.guidance = num, sampler, steps, guidance
         self.seed = seed
+        if fid and info.kind == "points":
+            raise AntError("the standard FID needs images, not points")
         self.inception = Inception() if fid else None  # fail now, not after sampling
         self.real = build.reference_data(cfg)
         self.net = None if info.kind == "points" else feature_net_for(self.real)
