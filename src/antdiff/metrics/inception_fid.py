@@ -93,9 +93,15 @@ def load_side(spec: str) -> Stats | tuple[Tensor, str | None]:
     """One side of ``antdiff fid``: stored (mu, sigma), or (images, data set name or None).
 
     Everything is read and checked here, before the network is loaded: a bad side fails fast.
+    A spec (``animals``, ``mnist:DIR``, ``folder:PATH``, ...) is a reference whose statistics
+    are cached; a bare folder or .npz (e.g. samples) is not cached.
     """
     p = Path(spec).expanduser()
-    if p.is_dir():
+    named = spec in ("digits", "animals") or spec.partition(":")[0] in ("folder", "npz", "mnist")
+    if named:  # a data set spec, even where a file or folder of that name exists
+        data = load_dataset(spec)
+        images, name = data.x, data.name
+    elif p.is_dir():
         images, name = load_folder(str(p)).x, None
     elif p.suffix == ".npz" and p.is_file():
         stats = _npz_stats(p)
