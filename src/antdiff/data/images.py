@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from antdiff.data.base import Dataset
+from antdiff.data.curate import curate
 from antdiff.errors import AntError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
@@ -238,8 +239,6 @@ def load_mnist(path: str, resolution: int | None = None, split: str = "train") -
     labels = None if labels_path is None else read_idx(labels_path)
     if labels is not None and labels.shape != images.shape[:1]:
         raise AntError(f"{labels_path}: {labels.shape} labels for {images.shape[0]} images")
-    from antdiff.data.curate import curate
-
     images, labels, order, removed = curate(images, labels)
     x = resize(to_unit_range(images)[:, None], resolution)
     data = _image_dataset(x, labels, f"mnist:{root}", duplicates_removed=removed)
