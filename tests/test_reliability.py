@@ -214,7 +214,7 @@ BAD_INPUTS = [
     ("evaluate --run {D}/nonexistent", "not a run directory"),
     ("evaluate --run {R} --num 1", "must be >= 2"),
     ("evaluate --run {R} --steps 0", "sampling steps must be in"),
-    ("evaluate --run {R} --fid", "standard FID unavailable"),
+    ("evaluate --run {R} --fid", "the standard FID needs images"),
     # export
     ("export --run {D}/nonexistent --out {D}/e", "not a run directory"),
     ("export --run {R} --out {D}/a_file", "File exists|is a file|cannot write"),

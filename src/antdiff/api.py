@@ -130,6 +130,13 @@ def evaluate(run_dir: str | Path, device: str = "cpu", **settings: Any) -> dict[
     return result
 
 
+def fid(a: str, b: str, device: str = "cpu") -> float:
+    """The standard Inception FID between two image folders, .npz files or data sets."""
+    from antdiff.metrics.inception_fid import inception_fid
+
+    return inception_fid(a, b, device=str(distributed.resolve_device(device)))
+
+
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     """The run's EMA model as a diffusers directory (see antdiff.export)."""
     run = RunDir.open(run_dir)

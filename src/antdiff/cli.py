@@ -142,6 +142,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fid(args: argparse.Namespace) -> int:
+    from antdiff.api import fid
+
+    print(f"{fid(args.a, args.b, device=args.device):.4f}")
+    return 0
+
+
 def _affinity(args: argparse.Namespace) -> int:
     from antdiff.analysis.affinity import summary_line
     from antdiff.api import affinity
@@ -347,10 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--fid",
         action="store_true",
-        help="also the standard Inception FID (needs clean-fid or torch-fidelity)",
+        help="also the standard Inception FID (needs ant-diffusion[fid])",
     )
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.set_defaults(func=_evaluate)
+
+    f = sub.add_parser("fid", help="standard Inception FID of two image sets (extra [fid])")
+    for side in ("a", "b"):
+        f.add_argument(side, metavar=side.upper(), help="image folder, .npz, or data set spec")
+    f.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    f.set_defaults(func=_fid)
 
     e = sub.add_parser("export", help="write a run's EMA model as a diffusers pipeline")
     e.add_argument("--run", required=True, metavar="DIR")

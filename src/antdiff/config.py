@@ -31,7 +31,9 @@ class TrainConfig:
     # data and model
     dataset: str = field(
         default="digits",
-        metadata={"help": "digits | toy:NAME | folder:PATH | npz:PATH | mnist:DIR (IDX files)"},
+        metadata={
+            "help": "digits | animals | toy:NAME | folder:PATH | npz:PATH | mnist:DIR (IDX files)"
+        },
     )
     resolution: int | None = field(
         default=None, metadata={"help": "resize images to this side length"}
@@ -43,7 +45,7 @@ class TrainConfig:
     holdout: int | None = field(
         default=None,
         metadata={
-            "help": "samples kept out of training for the held-out loss (digits: 300, else 0)"
+            "help": "samples kept out of training (held-out loss); digits 300, animals 1000, else 0"
         },
     )
     model: str = field(
@@ -209,10 +211,29 @@ class TrainConfig:
     def heldout_size(self) -> int:
         if self.holdout is not None:
             return self.holdout
-        return 300 if self.dataset == "digits" else 0
+        return {"digits": 300, "animals": 1000}.get(self.dataset, 0)
 
 
 # Named starting points; any flag overrides them.
+CPU28: dict[str, Any] = {
+    "model": "unet-small",
+    "conditional": True,
+    "holdout": 1000,
+    "steps": 2500,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "checkpoint_every": 500,
+    "num_samples": 100,
+}
+GPU28: dict[str, Any] = {
+    **CPU28,
+    "model": "unet-base",
+    "steps": 30000,
+    "batch_size": 128,
+    "lr": 2e-4,
+    "checkpoint_every": 5000,
+    "eval_num": 2000,
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "dataset": "digits",
@@ -238,15 +259,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sampler": "ddpm",
         "sample_steps": 1000,
     },
-    "mnist": {
-        "model": "unet-small",
-        "steps": 20000,
-        "batch_size": 128,
-        "lr": 2e-4,
-        "checkpoint_every": 2000,
-    },
+    # 28x28 on 2 CPU cores, about 10 minutes (docs/data.md); the -gpu ones for one GPU.
+    "animals": {"dataset": "animals", **CPU28},
+    "animals-gpu": {"dataset": "animals", **GPU28},
+    "mnist": CPU28,
+    "mnist-gpu": GPU28,
 }
-PRESET_NEEDS = {"mnist": ("dataset", "--dataset mnist:PATH (a folder of MNIST IDX files)")}
+_MNIST = ("dataset", "--dataset mnist:PATH (a folder of MNIST IDX files)")
+PRESET_NEEDS = {"mnist": _MNIST, "mnist-gpu": _MNIST}
 
 # The baselines as `--method` names. "vanilla" is L_simple everywhere in antdiff: uniform
 # timesteps and the plain mean loss (Ho et al. 2020); min-snr and p2 are vanilla with that

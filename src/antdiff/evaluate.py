@@ -7,14 +7,14 @@ steadier FD than the 300 held-out ones), and `fd_halves` / `fd_noise` beside it 
 the ceiling. Points: sliced Wasserstein, MMD and, for gaussians8, the true log-likelihood.
 Held-out loss: the model's loss on fixed (image, t, noise) triples from images never trained on,
 per interval of the run's partition: paired across models, far less noisy than any sample metric.
-Optionally the standard Inception FID (Heusel et al. 2017) through clean-fid or torch-fidelity.
+Optionally the standard Inception FID (Heusel et al. 2017) with the TF-FID Inception-v3 carried
+by the extra ant-diffusion[fid] (metrics/inception_fid.py), against the cached statistics of all
+real images.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,9 +34,9 @@ from antdiff.metrics import (
     fd_reference,
     get_feature_net,
 )
-from antdiff.metrics.fid import available_backend, fid_from_folders
+from antdiff.metrics.inception import Inception
+from antdiff.metrics.inception_fid import fid_from_stats, image_stats, reference_stats
 from antdiff.runinfo import RunInfo
-from antdiff.sample_files import save_grid
 from antdiff.tasks import IntervalPartition
 
 
@@ -114,9 +114,10 @@ class Evaluator:
         self.cfg, self.info, self.schedule = cfg, info, schedule
         sampler = check_sampler(schedule, sampler or default_sampler(schedule))
         self.num, self.sampler, self.steps, self.guidance = num, sampler, steps, guidance
-        self.seed, self.fid = seed, fid
-        if fid:
-            available_backend()  # fail now, not after sampling
+        self.seed = seed
+        if fid and info.kind == "points":
+            raise AntError("the standard FID needs images, not points")
+        self.inception = Inception() if fid else None  # fail now, not after sampling
         self.real = build.reference_data(cfg)
         self.net = None if info.kind == "points" else feature_net_for(self.real)
         self.reference = (
@@ -164,8 +165,8 @@ class Evaluator:
             "seed": self.seed,
         }
         out.update(self.sample_quality(x, labels, g))
-        if self.fid:
-            out["fid"] = standard_fid(x, self.real.x)
+        if self.inception is not None:
+            out["fid"] = standard_fid(x, self.real.x, self.real.name, self.inception)
         if self.triples is not None:
             out["heldout"] = evaluate_heldout(
                 self.loss_fn(model), self.triples, device=_device(model)
@@ -198,18 +199,12 @@ class Evaluator:
         return fn
 
 
-def standard_fid(samples: Tensor, real: Tensor) -> float:
-    """Inception FID of image samples against the real images, through the optional backends
-    (each image written as a PNG, as both backends read folders)."""
+def standard_fid(samples: Tensor, real: Tensor, name: str, net: Inception | None = None) -> float:
+    """Inception FID of image samples against the real images (whose statistics are cached)."""
     if samples.ndim != 4:
         raise AntError("the standard FID needs images, not points")
-    with tempfile.TemporaryDirectory() as tmp:
-        folders = [Path(tmp) / "samples", Path(tmp) / "real"]
-        for folder, images in zip(folders, (samples, real), strict=True):
-            folder.mkdir()
-            for i, image in enumerate(images):
-                save_grid(image[None], folder / f"{i:06d}.png", scale=1)
-        return fid_from_folders(*folders)
+    net = net or Inception()
+    return fid_from_stats(image_stats(samples, net), reference_stats(real, name, net))
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -43,3 +43,30 @@ def _duration(seconds: float) -> str:
         return "?"
     m, s = divmod(int(seconds), 60)
     return f"{m}m{s:02d}s"
+
+
+class ItemProgress:
+    """``what done/total, rate/s, ETA`` on stderr (one updating line on a terminal, else a line
+    every ~10%), for long non-training loops such as feature extraction."""
+
+    def __init__(self, total: int, what: str, enabled: bool = True) -> None:
+        self.total, self.what, self.enabled = total, what, enabled and total > 0
+        self.t0 = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.next_log = 0.0
+
+    def update(self, done: int) -> None:
+        if not self.enabled or (not self.tty and done < self.next_log and done < self.total):
+            return
+        self.next_log = done + self.total / 10
+        elapsed = time.perf_counter() - self.t0
+        rate = done / max(elapsed, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else math.inf
+        line = f"{self.what} {done}/{self.total}  {rate:.1f}/s  ETA {_duration(eta)}"
+        print(("\r" + line) if self.tty else line, end="", file=sys.stderr, flush=True)
+        if not self.tty:
+            print(file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)

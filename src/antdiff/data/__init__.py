@@ -1,14 +1,16 @@
 """Datasets as in-memory tensors: embedded digits, 2-D toys, image folders, .npz, MNIST IDX, and
 their latents through a VAE.
 
-Specs: ``digits``, ``toy:NAME``, ``folder:PATH``, ``npz:PATH``, ``mnist:DIR`` (a bare existing
-directory means ``folder:``, a bare ``*.npz`` file means ``npz:``).
+Specs: ``digits``, ``animals`` (extra ``ant-diffusion[animals]``), ``toy:NAME``, ``folder:PATH``,
+``npz:PATH``, ``mnist:DIR`` (a bare existing directory means ``folder:``, a bare ``*.npz`` file
+means ``npz:``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from antdiff.data.animals import load_animals
 from antdiff.data.base import Dataset, Kind, cache_dir, split_indices
 from antdiff.data.images import (
     load_digits,
@@ -29,6 +31,7 @@ __all__ = [
     "Kind",
     "cache_dir",
     "decode_latents",
+    "load_animals",
     "load_dataset",
     "load_digits",
     "load_folder",
@@ -70,6 +73,8 @@ def _load_raw(spec: str, resolution: int | None, seed: int, num_points: int) -> 
     kind, _, arg = spec.partition(":")
     if spec == "digits":
         return load_digits(resolution)
+    if spec == "animals":
+        return load_animals(resolution)
     if kind == "toy":
         return load_toy(arg, num_points=num_points, seed=seed)
     if kind == "folder":
@@ -83,6 +88,6 @@ def _load_raw(spec: str, resolution: int | None, seed: int, num_points: int) -> 
     if spec.endswith(".npz") and Path(spec).is_file():
         return load_npz(spec, resolution)
     raise AntError(
-        f"unknown data spec {spec!r}; use digits, toy:{{{','.join(TOYS)}}}, folder:PATH, "
+        f"unknown data spec {spec!r}; use digits, animals, toy:{{{','.join(TOYS)}}}, folder:PATH, "
         "npz:PATH or mnist:DIR"
     )

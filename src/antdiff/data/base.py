@@ -25,6 +25,8 @@ class Dataset:
     name: str
     meta: dict[str, Any] = field(default_factory=dict)
     vae: str | None = None  # the VAE that made the latents (kind == "latent"), for decoding
+    # a fixed held-out order (data/curate.py): `split` takes its first entries, whatever the seed
+    heldout_order: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -45,11 +47,15 @@ class Dataset:
 
     def subset(self, index: torch.Tensor) -> Dataset:
         labels = None if self.labels is None else self.labels[index]
-        return replace(self, x=self.x[index], labels=labels)
+        return replace(self, x=self.x[index], labels=labels, heldout_order=None)
 
     def split(self, holdout: int, seed: int = 0) -> tuple[Dataset, Dataset]:
-        """Deterministic (train, held-out) split; held-out = a seeded random ``holdout`` samples."""
-        train, held = split_indices(len(self), holdout, seed)
+        """Deterministic (train, held-out) split; held-out = the first ``holdout`` samples of the
+        data set's fixed order when it has one, else a seeded random ``holdout`` samples."""
+        if self.heldout_order is not None:
+            train, held = fixed_split_indices(self.heldout_order, holdout)
+        else:
+            train, held = split_indices(len(self), holdout, seed)
         return self.subset(train), self.subset(held)
 
 
@@ -59,6 +65,14 @@ def split_indices(n: int, holdout: int, seed: int = 0) -> tuple[torch.Tensor, to
         raise AntError(f"holdout must be in 1..{n - 1}, got {holdout}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[holdout:].sort().values, perm[:holdout].sort().values
+
+
+def fixed_split_indices(order: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (train, held-out) indices; held-out = the first ``holdout`` entries of ``order``."""
+    n = len(order)
+    if not 0 < holdout < n:
+        raise AntError(f"holdout must be in 1..{n - 1}, got {holdout}")
+    return order[holdout:].sort().values, order[:holdout].sort().values
 
 
 def cache_dir() -> Path:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from antdiff.data.base import Dataset
+from antdiff.data.curate import curate
 from antdiff.errors import AntError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
@@ -47,7 +48,7 @@ def resize(x: torch.Tensor, resolution: int | None) -> torch.Tensor:
     return y.clamp(-1.0, 1.0)
 
 
-def _image_dataset(x: torch.Tensor, labels: np.ndarray | None, name: str, **meta: Any) -> Dataset:
+def image_dataset(x: torch.Tensor, labels: np.ndarray | None, name: str, **meta: Any) -> Dataset:
     y = None
     num_classes = 0
     if labels is not None:
@@ -67,7 +68,7 @@ def load_digits(resolution: int | None = None) -> Dataset:
 
     d = sk_digits()
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0 * 2.0 - 1.0)[:, None]
-    return _image_dataset(resize(x, resolution), d.target, "digits")
+    return image_dataset(resize(x, resolution), d.target, "digits")
 
 
 def _list_images(root: Path) -> list[Path]:
@@ -121,7 +122,7 @@ def load_folder(path: str, resolution: int | None = None) -> Dataset:
     x = to_unit_range(np.stack(arrays))
     x = x[:, None] if mode == "L" else x.permute(0, 3, 1, 2)
     labels, classes = _folder_labels(root, files)
-    return _image_dataset(x, labels, f"folder:{root}", class_names=classes)
+    return image_dataset(x, labels, f"folder:{root}", class_names=classes)
 
 
 def _folder_labels(root: Path, files: list[Path]) -> tuple[np.ndarray | None, list[str]]:
@@ -159,7 +160,7 @@ def load_npz(path: str, resolution: int | None = None) -> Dataset:
         raise AntError(f"npz {p}: labels must be integers, got {labels.dtype}")
     if a.ndim == 2 and a.shape[1] == 2 and a.dtype != np.uint8:
         return _points_from_array(a, labels, f"npz:{p}")
-    return _image_dataset(resize(_npz_images(a, p), resolution), labels, f"npz:{p}")
+    return image_dataset(resize(_npz_images(a, p), resolution), labels, f"npz:{p}")
 
 
 def _npz_images(a: np.ndarray, p: Path) -> torch.Tensor:
@@ -178,7 +179,7 @@ def _points_from_array(a: np.ndarray, labels: np.ndarray | None, name: str) -> D
     x = torch.as_tensor(a, dtype=torch.float32)
     if not torch.isfinite(x).all():
         raise AntError(f"{name}: points contain NaN or infinite values")
-    d = _image_dataset(x, labels, name)
+    d = image_dataset(x, labels, name)
     return replace(d, kind="points")
 
 
@@ -223,7 +224,8 @@ def _find_idx(root: Path, split: str, what: str) -> Path | None:
 
 def load_mnist(path: str, resolution: int | None = None, split: str = "train") -> Dataset:
     """MNIST-style IDX files in a directory (train-images-idx3-ubyte or train-images.idx3-ubyte,
-    optionally .gz, with the matching labels file); ``split`` is "train" or "t10k"."""
+    optionally .gz, with the matching labels file); ``split`` is "train" or "t10k". Exact
+    duplicates are dropped and the held-out order is fixed by content (data/curate.py)."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise AntError(f"MNIST folder not found: {root}")
@@ -237,5 +239,8 @@ def load_mnist(path: str, resolution: int | None = None, split: str = "train") -
     labels = None if labels_path is None else read_idx(labels_path)
     if labels is not None and labels.shape != images.shape[:1]:
         raise AntError(f"{labels_path}: {labels.shape} labels for {images.shape[0]} images")
+    images, labels, order, removed = curate(images, labels)
     x = resize(to_unit_range(images)[:, None], resolution)
-    return _image_dataset(x, labels, f"mnist:{root}")
+    data = image_dataset(x, labels, f"mnist:{root}", duplicates_removed=removed)
+    data.heldout_order = order
+    return data

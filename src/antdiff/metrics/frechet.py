@@ -3,8 +3,9 @@
 Heusel et al. 2017, eq. (6):  d^2 = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}).
 Computed in float64 with scipy's matrix square root. S1 S2 is not symmetric, so sqrtm can return
 tiny imaginary parts from round-off: those are dropped (large ones are an error); when the
-product is singular and sqrtm fails to give a finite result, eps is added to both diagonals and
-the root is retried (as in the reference FID code), never otherwise.
+product is singular and sqrtm fails to give a finite result or one with a large imaginary part
+(which happens with fewer samples than dimensions), eps is added to both diagonals and the root
+is retried (as in the reference FID code), never otherwise.
 """
 
 from __future__ import annotations
@@ -46,9 +47,18 @@ def gaussian_stats(features: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance_from_stats(
-    mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike, eps: float = 1e-6
+    mu1: ArrayLike,
+    sigma1: ArrayLike,
+    mu2: ArrayLike,
+    sigma2: ArrayLike,
+    eps: float = 1e-6,
+    tolerance: float = 1e-8,
 ) -> float:
-    """Squared Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2)."""
+    """Squared Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    A result below 0 by at most ``tolerance`` x (Tr S1 + Tr S2 + 1) is round-off and gives 0;
+    singular covariances (fewer samples than dimensions) need a looser one (about 1e-5).
+    """
     mu1, mu2 = _as_float64(mu1), _as_float64(mu2)
     s1, s2 = np.atleast_2d(_as_float64(sigma1)), np.atleast_2d(_as_float64(sigma2))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
@@ -57,21 +67,27 @@ def frechet_distance_from_stats(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sqrtm warns on singular input; we check the result
         covmean = scipy.linalg.sqrtm(s1 @ s2)
-        if not np.isfinite(covmean).all():
+        if not np.isfinite(covmean).all() or _imaginary(covmean) > 1e-3:
             offset = np.eye(s1.shape[0]) * eps
             covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
     if np.iscomplexobj(covmean):
-        imag = np.abs(covmean.imag).max()
-        scale = max(np.abs(covmean.real).max(), 1.0)
-        if imag > 1e-3 * scale:
+        if _imaginary(covmean) > 1e-3:
+            imag = np.abs(covmean.imag).max()
             raise AntError(f"matrix square root has a large imaginary part ({imag:.3g})")
         covmean = covmean.real
     value = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean)
     if value < 0:  # round-off makes the distance of a set to itself a tiny negative number
-        if value < -1e-8 * (np.trace(s1) + np.trace(s2) + 1.0):
+        if value < -tolerance * (np.trace(s1) + np.trace(s2) + 1.0):
             raise AntError(f"Frechet distance came out negative ({value:.3g}): bad statistics")
         value = 0.0
     return float(value)
+
+
+def _imaginary(m: np.ndarray) -> float:
+    """Largest imaginary part of a matrix relative to its largest real entry (at least 1)."""
+    if not np.iscomplexobj(m):
+        return 0.0
+    return float(np.abs(m.imag).max() / max(np.abs(m.real).max(), 1.0))
 
 
 def frechet_distance(features1: ArrayLike, features2: ArrayLike) -> float:
