@@ -18,9 +18,10 @@ from antdiff.evaluate import Evaluator, generate_data
 from antdiff.export import export_pipeline, is_export, sample_exported
 from antdiff.models import count_parameters
 from antdiff.report import write_experiment_report, write_report
-from antdiff.rundir import RunDir
-from antdiff.sample_files import save_grid, save_samples
+from antdiff.rundir import RUN_FILES, RunDir
+from antdiff.sample_files import check_out, save_grid, save_samples
 from antdiff.train import Trainer
+from antdiff.validation import MAX_SEED
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> RunDir:
@@ -82,6 +83,9 @@ def sample(
     `out` (.npz + .png, or .png)."""
     if num < 1:
         raise AntError(f"--num must be >= 1, got {num}")
+    if not 0 <= seed <= MAX_SEED:
+        raise AntError(f"--seed must be in 0..2**64 - 1, got {seed}")
+    check_out(out)
     if is_export(run_dir):
         x = sample_exported(
             run_dir,
@@ -124,6 +128,9 @@ def evaluate(run_dir: str | Path, device: str = "cpu", **settings: Any) -> dict[
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     """The run's EMA model as a diffusers directory (see antdiff.export)."""
     run = RunDir.open(run_dir)
+    found = [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
+    if found:
+        raise AntError(f"--out {out_dir} holds a training run ({found[0]}); export elsewhere")
     return export_pipeline(
         build.trained_model(run),
         build.schedule(run.cfg),

@@ -214,7 +214,7 @@ def build_model(
         raise AntError(f"{name} is an image model; 2-D points need the 'mlp' model")
     try:
         net = builder(channels, size, num_classes, **{**defaults, **overrides})
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. {"hidden": -5}
         raise AntError(f"cannot build {name}: {exc}".splitlines()[0]) from exc
     spec = {
         "name": name,

@@ -17,11 +17,19 @@ from antdiff.diffusion.loss import PREDICTIONS, VELOCITY
 from antdiff.diffusion.samplers import DDPM_SAMPLERS, FLOW_SAMPLERS
 from antdiff.diffusion.schedule import SCHEDULES
 from antdiff.diffusion.weighting import build_weighting
+from antdiff.distributed import check_device_name
 from antdiff.errors import AntError
 from antdiff.mtl import METHODS, TORCHJD_PREFIX, GramianMethod, build_method
-from antdiff.tasks import ClusterSpec, IntervalPartition, build_timestep_sampler, check_size
+from antdiff.tasks import (
+    ClusterSpec,
+    IntervalPartition,
+    build_timestep_sampler,
+    check_size,
+    load_affinity,
+)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
 OBJECTIVES = ("ddpm", "flow")
 
 #: a config.TrainConfig; read by field name only (this module sits below config.py)
@@ -64,13 +72,7 @@ def validate(cfg: Config, shorthands: Iterable[str] = ()) -> None:
         if value not in names:
             kind = f" for --objective {cfg.objective}" if name in ("prediction", "sampler") else ""
             raise AntError(f"unknown {name} {value!r}{kind}; choose from {', '.join(names)}")
-    if flow and cfg.schedule != "linear":
-        raise AntError("--schedule is DDPM's noise schedule; flow matching's is --flow-shift")
-    if not (math.isfinite(cfg.flow_shift) and cfg.flow_shift > 0):
-        raise AntError(f"flow_shift must be a finite number > 0, got {cfg.flow_shift}")
-    if not flow and cfg.flow_shift != 1.0:
-        raise AntError("--flow-shift shifts flow matching's t: use it with --objective flow")
-    check_size(cfg.timesteps)
+    check_schedule(cfg.objective, cfg.schedule, cfg.timesteps, cfg.flow_shift)
     build_timestep_sampler(cfg.timestep_sampling, IntervalPartition.uniform(cfg.timesteps, 1))
     spec = ClusterSpec.parse(cfg.clusters)
     if spec.k > cfg.timesteps:
@@ -81,6 +83,49 @@ def validate(cfg: Config, shorthands: Iterable[str] = ()) -> None:
         check_auto(cfg, spec.k)
     _check_method(cfg, spec.k, shorthands)
     timestep_range(cfg.timestep_range, cfg.timesteps)
+    _check_tasks(cfg, spec)
+    check_device_name(cfg.device)
+    if not cfg.out.strip():
+        raise AntError("--out is empty; name the run directory")
+
+
+def _check_tasks(cfg: Config, spec: ClusterSpec) -> None:
+    """What the K tasks need, known before training: also what an affinity:K:auto run meets only
+    at its switch after the warm-up, so that such a run is refused before it starts."""
+    if spec.file is not None and not spec.auto:
+        bins = load_affinity(spec.file).shape[0]
+        if spec.k > bins:
+            raise AntError(
+                f"--clusters {cfg.clusters}: K must be <= the matrix's {bins} bins "
+                "(more intervals than bins would split single timesteps off)"
+            )
+    if not spec.auto and cfg.affinity_warmup is not None:
+        raise AntError("--affinity-warmup is the warm-up of --clusters affinity:K:auto only")
+    if cfg.timestep_range is not None:
+        return
+    if cfg.timestep_sampling == "stratified" and cfg.batch_size < spec.k:
+        raise AntError(
+            f"batch size {cfg.batch_size} is smaller than the number of tasks K={spec.k}: "
+            "stratified sampling needs at least one sample per task"
+        )
+    build_timestep_sampler(cfg.timestep_sampling, IntervalPartition.uniform(cfg.timesteps, spec.k))
+
+
+def check_schedule(objective: str, schedule: str, timesteps: int, flow_shift: float) -> None:
+    """The noise schedule (DDPM) or path (flow) alone: what `antdiff cluster` needs."""
+    if objective not in OBJECTIVES:
+        raise AntError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+    if schedule not in SCHEDULES:
+        raise AntError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+    if objective == "flow" and schedule != "linear":
+        raise AntError("--schedule is DDPM's noise schedule; flow matching's is --flow-shift")
+    if not (math.isfinite(flow_shift) and flow_shift > 0):
+        raise AntError(f"flow_shift must be a finite number > 0, got {flow_shift}")
+    if objective != "flow" and flow_shift != 1.0:
+        raise AntError("--flow-shift shifts flow matching's t: use it with --objective flow")
+    if timesteps < 1:
+        raise AntError(f"timesteps must be >= 1, got {timesteps}")
+    check_size(timesteps)
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -95,6 +140,7 @@ def _check_ranges(cfg: Config) -> None:
         (0 <= cfg.label_dropout < 1, f"label_dropout must be in [0, 1), got {cfg.label_dropout}"),
         (cfg.timesteps >= 1, f"timesteps must be >= 1, got {cfg.timesteps}"),
         (cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}"),
+        (cfg.seed <= MAX_SEED, f"seed must be at most 2**64 - 1, got {cfg.seed}"),
         (cfg.log_every >= 1 and cfg.checkpoint_every >= 1, "log/checkpoint intervals must be >= 1"),
         (cfg.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
         (cfg.holdout is None or cfg.holdout >= 0, f"holdout must be >= 0, got {cfg.holdout}"),

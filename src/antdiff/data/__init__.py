@@ -68,6 +68,8 @@ def load_dataset(
 
 def _load_raw(spec: str, resolution: int | None, seed: int, num_points: int) -> Dataset:
     kind, _, arg = spec.partition(":")
+    if kind in ("toy", "folder", "npz", "mnist") and not arg.strip():
+        raise AntError(f"--dataset {spec!r} names no {'data set' if kind == 'toy' else 'path'}")
     if spec == "digits":
         return load_digits(resolution)
     if kind == "toy":
