@@ -1,0 +1,88 @@
+"""Checks that come first and what a process does on the way in: `cluster` needs no training
+config, Ctrl-C while the CLI imports is one line, ranks of one torchrun job must agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from antdiff.cli import main
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TINY = [
+    "--dataset",
+    "toy:gaussians8",
+    "--model",
+    "mlp",
+    "--model-options",
+    '{"hidden": 16, "depth": 2}',
+    "--timesteps",
+    "20",
+    "--steps",
+    "2",
+    "--num-samples",
+    "2",
+    "--sample-steps",
+    "2",
+    "--device",
+    "cpu",
+]
+
+
+def test_cluster_of_few_timesteps_needs_no_training_config(capsys) -> None:
+    """A T below the training defaults' 50 sampling steps clusters (it once failed on them)."""
+    assert main(["cluster", "--timesteps", "7", "-k", "3", "--cost", "log-snr", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["timesteps"] == 7 and len(result["intervals"]) == 3
+    assert result["intervals"][0][0] == 0 and result["intervals"][-1][1] == 6
+
+
+def test_ctrl_c_while_importing_is_one_line() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "antdiff", "train", *TINY, "--out", "never"],
+        env=ENV,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.3)  # importing torch takes seconds
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["antdiff: error: interrupted"]
+
+
+def _torchrun(argv: list[str], extra: list[str]) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(29900 + random.randrange(90)),
+        str(Path(__file__).with_name("rank_flags.py")),
+        "train",
+        *argv,
+        "--",
+        *extra,
+    ]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("extra", "field"), [(["--lr", "3e-4"], "lr"), (["--seed", "7"], "seed")])
+def test_ranks_with_other_flags_are_refused(tmp_path: Path, extra, field) -> None:
+    out = tmp_path / "run"
+    proc = _torchrun([*TINY, f"--out={out}"], extra)
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("antdiff train: error")]
+    assert ours and all(f"another --{field} " in line for line in ours), proc.stderr[-3000:]
+    assert not out.exists()  # refused before any rank touched the run directory
