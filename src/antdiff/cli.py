@@ -14,6 +14,7 @@ from pathlib import Path
 from antdiff.config import FIELDS, PRESETS, TrainConfig, read_config_file, resolve
 from antdiff.diffusion.samplers import SAMPLERS
 from antdiff.diffusion.schedule import SCHEDULES
+from antdiff.distributed import peer_lost
 from antdiff.errors import AntError, Interrupted, out_of_memory
 from antdiff.rundir import read_config
 from antdiff.tasks import COSTS
@@ -388,9 +389,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         message, code = "interrupted", 130
     except RuntimeError as e:
-        if not out_of_memory(e):
+        if peer_lost(e):
+            message, code = "another process of this torchrun job stopped (see its message)", 2
+        elif not out_of_memory(e):
             raise
-        message, code = "out of memory: lower --batch-size (or --resolution, the model)", 2
+        else:
+            message, code = "out of memory: lower --batch-size (or --resolution, the model)", 2
     print(f"antdiff {args.command}: error: {message}", file=sys.stderr)
     return code
 

@@ -88,6 +88,15 @@ class Dist:
         return self.max_int(0 if ok else 1) == 0
 
 
+def peer_lost(error: BaseException) -> bool:
+    """Whether `error` is a collective that failed because another process of the torchrun job
+    is gone (killed, or stopped by its own error): the survivor's side of someone else's fault."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not isinstance(error, RuntimeError):
+        return False
+    marks = ("gloo", "NCCL", "Connection closed", "Connection reset", "Broken pipe")
+    return isinstance(error, getattr(dist, "DistError", ())) or any(m in str(error) for m in marks)
+
+
 def check_device_name(device: str) -> None:
     """auto, cpu, cuda or cuda:N; anything else (tpu, mps, ...) is refused by name."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):

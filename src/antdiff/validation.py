@@ -13,12 +13,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from antdiff.data import check_spec
 from antdiff.diffusion.loss import PREDICTIONS, VELOCITY
 from antdiff.diffusion.samplers import DDPM_SAMPLERS, FLOW_SAMPLERS
 from antdiff.diffusion.schedule import SCHEDULES
 from antdiff.diffusion.weighting import build_weighting
 from antdiff.distributed import check_device_name
 from antdiff.errors import AntError
+from antdiff.models import list_models
 from antdiff.mtl import METHODS, TORCHJD_PREFIX, GramianMethod, build_method
 from antdiff.tasks import (
     ClusterSpec,
@@ -87,18 +89,25 @@ def validate(cfg: Config, shorthands: Iterable[str] = ()) -> None:
     check_device_name(cfg.device)
     if not cfg.out.strip():
         raise AntError("--out is empty; name the run directory")
+    check_spec(cfg.dataset)
+    if cfg.vae is not None and not cfg.vae.strip():
+        raise AntError("--vae is empty; name an AutoencoderKL (or leave it out)")
+    if cfg.model != "auto" and cfg.model not in list_models():
+        raise AntError(f"unknown model {cfg.model!r}; choose from auto, {', '.join(list_models())}")
 
 
 def _check_tasks(cfg: Config, spec: ClusterSpec) -> None:
     """What the K tasks need, known before training: also what an affinity:K:auto run meets only
     at its switch after the warm-up, so that such a run is refused before it starts."""
-    if spec.file is not None and not spec.auto:
+    if spec.file is not None and not spec.auto and Path(spec.file).is_file():
         bins = load_affinity(spec.file).shape[0]
         if spec.k > bins:
             raise AntError(
                 f"--clusters {cfg.clusters}: K must be <= the matrix's {bins} bins "
                 "(more intervals than bins would split single timesteps off)"
             )
+    if cfg.affinity_bins < 2 or cfg.affinity_probe < 1 or cfg.affinity_snapshots < 1:
+        raise AntError("affinity_bins must be >= 2, affinity_probe and affinity_snapshots >= 1")
     if not spec.auto and cfg.affinity_warmup is not None:
         raise AntError("--affinity-warmup is the warm-up of --clusters affinity:K:auto only")
     if cfg.timestep_range is not None:
