@@ -243,6 +243,11 @@ BAD_INPUTS = [
     ("sample --run {R} --out {D}/s.jpeg", "not .jpeg"),
     ("export --run {R} --out {R}", "holds a training run (config.json)"),
     ("cluster --cost affinity --affinity {D}/noaff.npz", "has no 'affinity' array (found x)"),
+    ("train --dataset=", "--dataset is empty"),
+    ("train --dataset toy:", "names no data set"),
+    ("train --model=", "unknown model ''"),
+    ("train --vae=", "--vae is empty"),
+    ("train --affinity-probe=-2", "affinity_probe and affinity_snapshots >= 1"),
 ]
 
 

@@ -78,11 +78,48 @@ def _torchrun(argv: list[str], extra: list[str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("extra", "field"), [(["--lr", "3e-4"], "lr"), (["--seed", "7"], "seed")])
-def test_ranks_with_other_flags_are_refused(tmp_path: Path, extra, field) -> None:
-    out = tmp_path / "run"
-    proc = _torchrun([*TINY, f"--out={out}"], extra)
+def test_ranks_with_other_flags_are_refused(tmp_path: Path) -> None:
+    """Rank 1 started with another seed (it trained on with other weights): refused by name.
+    The fuzz script (benchmarks/fuzz.py) tries --lr, --method and --clusters too."""
+    out, field = tmp_path / "run", "seed"
+    proc = _torchrun([*TINY, f"--out={out}"], ["--seed", "7"])
     assert proc.returncode != 0
     ours = [line for line in proc.stderr.splitlines() if line.startswith("antdiff train: error")]
     assert ours and all(f"another --{field} " in line for line in ours), proc.stderr[-3000:]
     assert not out.exists()  # refused before any rank touched the run directory
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_one_line_on_the_survivor(tmp_path: Path) -> None:
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(29900 + random.randrange(90)),
+        "-m",
+        "antdiff",
+        "train",
+        *TINY,
+        "--steps=100000",
+        "--checkpoint-every=20",
+        f"--out={out}",
+    ]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "latest").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = psutil.Process(proc.pid).children()
+    rank1 = [w for w in workers if w.environ().get("RANK") == "1"]
+    assert rank1, "no worker of rank 1"
+    rank1[0].kill()
+    err = proc.communicate(timeout=120)[1].decode()
+    launcher = err.find("torch/distributed/run.py")  # torchrun's own report of the failure
+    workers_part = err[: err.rfind("Traceback", 0, launcher)] if launcher >= 0 else err
+    assert "Traceback" not in workers_part, err[-3000:]
+    ours = [line for line in err.splitlines() if line.startswith("antdiff train:")]
+    assert len(ours) <= 1 and all("another process" in line for line in ours), err[-3000:]
