@@ -83,8 +83,7 @@ def sample(
     `out` (.npz + .png, or .png)."""
     if num < 1:
         raise AntError(f"--num must be >= 1, got {num}")
-    if not 0 <= seed <= MAX_SEED:
-        raise AntError(f"--seed must be in 0..2**64 - 1, got {seed}")
+    _check_seed(seed)
     check_out(out)
     if is_export(run_dir):
         x = sample_exported(
@@ -116,6 +115,7 @@ def sample(
 def evaluate(run_dir: str | Path, device: str = "cpu", **settings: Any) -> dict[str, Any]:
     """Evaluate the run's latest EMA model (settings: see `Evaluator`); the result goes into
     the run's metrics.json and report."""
+    _check_seed(settings.get("seed", 0))
     run = RunDir.open(run_dir)
     model = build.trained_model(run, device=str(distributed.resolve_device(device)))
     evaluator = Evaluator(run.cfg, run.info, build.schedule(run.cfg), **settings)
@@ -145,6 +145,7 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
 def affinity(run_dir: str | Path, out: str | Path | None = None, **settings: Any) -> tuple:
     """Task affinity of the run (settings: see `run_affinity`), saved to `out` (default:
     RUN/affinity, shown in the run's report); returns (result, .npz path, report path)."""
+    _check_seed(settings.get("seed", 0))
     result: AffinityResult = run_affinity(run_dir, **settings)
     if out is None:
         run = RunDir.open(run_dir)
@@ -152,6 +153,12 @@ def affinity(run_dir: str | Path, out: str | Path | None = None, **settings: Any
         return result, npz, write_report(run)
     npz = save_affinity(result, out)
     return result, npz, write_experiment_report(out)
+
+
+def _check_seed(seed: int) -> None:
+    """A seed torch's generators take (one line, not torch's overflow error)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise AntError(f"--seed must be in 0..2**64 - 1, got {seed}")
 
 
 def _generator(seed: int) -> torch.Generator:
