@@ -248,6 +248,7 @@ BAD_INPUTS = [
     ("train --model=", "unknown model ''"),
     ("train --vae=", "--vae is empty"),
     ("train --affinity-probe=-2", "affinity_probe and affinity_snapshots >= 1"),
+    ("""train --dataset toy:rings --model mlp --model-options {"hidden":0}""", "hidden must be"),
 ]
 
 

@@ -45,7 +45,11 @@ def test_cluster_of_few_timesteps_needs_no_training_config(capsys) -> None:
     assert result["intervals"][0][0] == 0 and result["intervals"][-1][1] == 6
 
 
-def test_ctrl_c_while_importing_is_one_line() -> None:
+SIGNALS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+
+
+@pytest.mark.parametrize(("sig", "code", "word"), SIGNALS)
+def test_a_signal_while_importing_is_one_line(sig, code, word) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "antdiff", "train", *TINY, "--out", "never"],
         env=ENV,
@@ -53,10 +57,18 @@ def test_ctrl_c_while_importing_is_one_line() -> None:
         text=True,
     )
     time.sleep(0.3)  # importing torch takes seconds
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines() == ["antdiff: error: interrupted"]
+    assert proc.returncode == code, err
+    assert err.strip().splitlines() == [f"antdiff: error: {word}"]
+
+
+def test_sample_of_a_run_with_fewer_than_50_timesteps(tmp_path: Path) -> None:
+    """The default of 50 sampling steps (ddim) is capped at T (it was a diffusers traceback)."""
+    run = tmp_path / "run"
+    assert main(["train", *TINY, f"--out={run}"]) == 0
+    assert main(["sample", "--run", str(run), "--num", "2", "--out", str(tmp_path / "s.npz")]) == 0
+    assert (tmp_path / "s.npz").exists()
 
 
 def _torchrun(argv: list[str], extra: list[str]) -> subprocess.CompletedProcess:

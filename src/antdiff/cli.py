@@ -384,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         else:
             message, code = "out of memory: lower --batch-size (or --resolution, the model)", 2
-    print(f"antdiff {args.command}: error: {message}", file=sys.stderr)
+    sys.stderr.write(f"antdiff {args.command}: error: {message}\n")  # one write: ranks share it
     return code
 
 
