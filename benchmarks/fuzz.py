@@ -149,6 +149,14 @@ def ours(stderr: str) -> str:
     )
 
 
+def public(text: str, base: Path) -> str:
+    """`text` without this machine's paths: the case folder as {D}, the checkout as ., ..."""
+    paths = ((str(base), "{D}"), (str(ROOT), "."), (sys.executable, "python"), (sys.prefix, "venv"))
+    for path, name in paths:
+        text = text.replace(path, name)
+    return text
+
+
 def judge(case: Case, code: int | None, err: str, changed: bool, resumed: bool) -> str:
     allowed = ALLOWED | ({1} if case.kind == "torchrun" else set())  # torchrun: a worker failed
     if code is None or "Traceback" in err or code not in allowed:
@@ -201,12 +209,12 @@ def run_case(case: Case, base: Path, index: int) -> dict:
         quiet = case.kill is not None and case.kill[0] == signal.SIGKILL
     return {
         "class": case.cls,
-        "argv": " ".join(argv),
+        "argv": public(" ".join(argv), base),
         "expect": case.expect,
         "exit": code,
         "outcome": outcome,
         "one_line": code == 0 or len(lines) == 1 or quiet,
-        "stderr_tail": lines[-3:],
+        "stderr_tail": [public(line, base) for line in lines[-3:]],
         "seconds": round(time.perf_counter() - start, 2),
     }
 
