@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from sklearn.datasets import load_digits
 
+from antdiff.errors import AntError
 from antdiff.mtl import ant_after_step, ant_backward, build_method  # ANT
 from antdiff.tasks import IntervalPartition, StratifiedSampler  # ANT
 
@@ -70,7 +71,13 @@ def main(steps: int = 300, method_name: str = "uw", batch_size: int = 64) -> lis
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--method", default="uw")
     args = parser.parse_args()
-    main(args.steps, args.method)
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    try:
+        main(args.steps, args.method)
+    except AntError as e:  # e.g. an unknown --method: one line, exit status 2
+        parser.exit(2, f"{parser.prog}: error: {e}\n")

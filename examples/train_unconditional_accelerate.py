@@ -8,13 +8,15 @@ are what ANT changes (README: "Use ANT with accelerate / diffusers scripts").
         --train-data-dir IMAGES --resolution 32 --gradient-accumulation-steps 2 \\
         --ant-method uw --ant-clusters log-snr:5 --output-dir runs/accelerate
 
-(`--multi_gpu` starts the processes; on a machine without GPUs they train on CPU with gloo.)
+(`--multi_gpu` starts the processes; on a machine without GPUs they train as one CPU job with
+gloo.) A bad argument is one line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -27,6 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from antdiff.data import load_folder
 from antdiff.diffusion import NoiseSchedule  # ANT
+from antdiff.errors import AntError
 from antdiff.integrations.accelerate import AcceleratedMTL  # ANT
 from antdiff.mtl import build_method  # ANT
 from antdiff.tasks import build_timestep_sampler, clustering_from_spec  # ANT
@@ -34,6 +37,7 @@ from antdiff.tasks import build_timestep_sampler, clustering_from_spec  # ANT
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message}\n")  # one line
     p.add_argument("--train-data-dir", required=True)
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--train-batch-size", type=int, default=16, help="per process")
@@ -48,17 +52,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ant-method", default="uw", help="uw, mean, famo, pcgrad, nash, ...")  # ANT
     p.add_argument("--ant-clusters", default="log-snr:5", help="COST:K[:FILE]")  # ANT
     p.add_argument("--ant-sampling", default="stratified", help="timestep sampling")  # ANT
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("resolution", "train_batch_size", "gradient_accumulation_steps", "num_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.checkpointing_steps < 1:
+        p.error(f"--checkpointing-steps must be >= 1, got {args.checkpointing_steps}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        p.error(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
+    if not 0 <= args.ema_decay < 1:
+        p.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if not 0 <= args.seed < 2**32:
+        p.error(f"--seed must be in 0..2**32 - 1, got {args.seed}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # without GPUs: one multi-process CPU job (gloo)
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
     )
     set_seed(args.seed, device_specific=True)  # each process draws its own noise and timesteps
     images = load_folder(args.train_data_dir, args.resolution).x  # [N, C, H, W] in [-1, 1]
+    if len(images) < args.train_batch_size * accelerator.num_processes:  # else no batch, ever
+        raise AntError(
+            f"{args.train_data_dir} holds {len(images)} images, fewer than one batch "
+            f"({args.train_batch_size} x {accelerator.num_processes} processes)"
+        )
     loader = DataLoader(
         TensorDataset(images), batch_size=args.train_batch_size, shuffle=True, drop_last=True
     )
@@ -114,11 +136,19 @@ def main(argv: list[str] | None = None) -> None:
                 accelerator.save_state(out / f"checkpoint-{step}")
             if step >= args.num_steps:
                 break
+    total = sum(p.detach().double().sum() for p in model.parameters()).reshape(1)
+    in_sync = bool((accelerator.gather(total) == total).all())  # every process: the same weights
     if accelerator.is_main_process:
         ema.copy_to(accelerator.unwrap_model(model).parameters())
         accelerator.unwrap_model(model).save_pretrained(out / "unet")
+        n = accelerator.num_processes
+        print(f"{n} processes, weights {'in sync' if in_sync else 'DIFFER'}", flush=True)
         print(f"done: {step} steps, loss {math.fsum(info.task_losses.nan_to_num().tolist()):.4f}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except AntError as e:  # a folder with no images, an unknown --ant-method, ...: exit 2
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -116,5 +116,31 @@ def test_example_under_accelerate_launch(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "done: 4 steps" in proc.stdout
+    # one 2-process job (DDP over gloo without a GPU), not two independent copies
+    assert proc.stdout.count("done:") == 1 and "2 processes, weights in sync" in proc.stdout
     assert (out / "checkpoint-2").is_dir() and (out / "checkpoint-4").is_dir()
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_example_refuses_a_folder_smaller_than_one_batch(tmp_path: Path) -> None:
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(images / f"{i}.png")
+    args = ["--train-data-dir", str(images), "--resolution", "8", "--train-batch-size", "6"]
+    script = ROOT / "examples" / "train_unconditional_accelerate.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), *args, "--output-dir", str(tmp_path / "out")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "train_unconditional_accelerate.py: error: "
+        f"{images} holds 5 images, fewer than one batch (6 x 1 processes)"
+    ]

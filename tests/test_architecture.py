@@ -41,7 +41,7 @@ LAYERS = [
     {"train", "evaluate"},
     {"report"},
     {"analysis"},
-    {"api"},
+    {"api", "cliflags"},
     {"cli", "__main__"},
 ]
 

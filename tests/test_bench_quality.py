@@ -109,7 +109,7 @@ def test_summary_pairs_seeds_and_reads_the_curves(bench) -> None:
 
 def test_every_row_is_an_antdiff_train_command(bench, tmp_path: Path) -> None:
     quality = bench["quality"]
-    (tmp_path / "a.npz").write_bytes(b"")
+    np.savez(tmp_path / "a.npz", affinity=np.eye(10))  # the config reads the matrix (K <= bins)
     args = quality.parse_args(["--methods", "all", "--affinity", str(tmp_path / "a.npz")])
     want = {
         "vanilla": ("mean", "uniform", "constant"),

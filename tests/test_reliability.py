@@ -65,6 +65,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (d / "garbage.npy").write_bytes(b"\x80\x04 this is not an array")
     np.save(d / "strings.npy", np.array([["a", "b"], ["c", "d"]]))
     np.save(d / "complex.npy", np.eye(3) * (1 + 1j))
+    np.save(d / "a5.npy", np.eye(5))
+    np.savez(d / "noaff.npz", x=np.eye(4))
     for name, text in {
         "steps.json": '{"steps": "five"}',
         "bad.json": "{steps: 5",
@@ -239,6 +241,28 @@ BAD_INPUTS = [
     ("transfer --intervals 0:99,150:999 --out {D}/t", "not contiguous"),
     ("transfer --num-samples 50 --out {D}/t", "--num-samples must exceed 128"),
     ("transfer --budget bogus --out {D}/t", "invalid choice"),
+    # checks that used to come late (after the warm-up, or not at all)
+    ("train --clusters affinity:12:auto --batch-size 8", "smaller than the number of tasks K=12"),
+    ("train --clusters affinity:6:{D}/a5.npy", "K must be <= the matrix's 5 bins"),
+    ("train --affinity-warmup 3", "warm-up of --clusters affinity:K:auto only"),
+    # values that reached torch
+    ("train --seed 18446744073709551617", "seed must be at most 2**64 - 1"),
+    ("""train --dataset toy:moons --model mlp --model-options {"hidden":-3}""", "build mlp"),
+    ("sample --run {R} --seed 36893488147419103232 --out {D}/s.npz", "must be in 0..2**64 - 1"),
+    # ignored or misread input, messages that blamed the wrong thing
+    ("train --out=", "--out is empty"),
+    ("train --dataset npz:", "names no path"),
+    ("train --device xla", "unknown --device 'xla'"),
+    ("sample --run {R} --device tpu --out {D}/s.npz", "unknown --device 'tpu'"),
+    ("sample --run {R} --out {D}/s.jpeg", "not .jpeg"),
+    ("export --run {R} --out {R}", "holds a training run (config.json)"),
+    ("cluster --cost affinity --affinity {D}/noaff.npz", "has no 'affinity' array (found x)"),
+    ("train --dataset=", "--dataset is empty"),
+    ("train --dataset toy:", "names no data set"),
+    ("train --model=", "unknown model ''"),
+    ("train --vae=", "--vae is empty"),
+    ("train --affinity-probe=-2", "affinity_probe and affinity_snapshots >= 1"),
+    ("""train --dataset toy:rings --model mlp --model-options {"hidden":0}""", "hidden must be"),
 ]
 
 

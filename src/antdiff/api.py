@@ -18,10 +18,11 @@ from antdiff.evaluate import Evaluator, generate_data
 from antdiff.export import export_pipeline, is_export, sample_exported
 from antdiff.models import count_parameters
 from antdiff.report import write_experiment_report, write_report
-from antdiff.rundir import RunDir
-from antdiff.sample_files import save_grid, save_samples
+from antdiff.rundir import RUN_FILES, RunDir
+from antdiff.sample_files import check_out, save_grid, save_samples
 from antdiff.signals import StopSignals
 from antdiff.train import Trainer
+from antdiff.validation import MAX_SEED
 
 # What a signal during the final samples leaves: the run is complete, only its outputs are not.
 _TRAINED = (
@@ -90,6 +91,8 @@ def sample(
     `out` (.npz + .png, or .png)."""
     if num < 1:
         raise AntError(f"--num must be >= 1, got {num}")
+    _check_seed(seed)
+    check_out(out)
     if is_export(run_dir):
         x = sample_exported(
             run_dir,
@@ -120,6 +123,7 @@ def sample(
 def evaluate(run_dir: str | Path, device: str = "cpu", **settings: Any) -> dict[str, Any]:
     """Evaluate the run's latest EMA model (settings: see `Evaluator`); the result goes into
     the run's metrics.json and report."""
+    _check_seed(settings.get("seed", 0))
     run = RunDir.open(run_dir)
     ckpt = run.load_checkpoint()  # once: a running training may write a newer one meanwhile
     model = build.trained_model(run, ckpt, device=str(distributed.resolve_device(device)))
@@ -140,6 +144,9 @@ def fid(a: str, b: str, device: str = "cpu") -> float:
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     """The run's EMA model as a diffusers directory (see antdiff.export)."""
     run = RunDir.open(run_dir)
+    found = [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
+    if found:
+        raise AntError(f"--out {out_dir} holds a training run ({found[0]}); export elsewhere")
     return export_pipeline(
         build.trained_model(run),
         build.schedule(run.cfg),
@@ -154,6 +161,7 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
 def affinity(run_dir: str | Path, out: str | Path | None = None, **settings: Any) -> tuple:
     """Task affinity of the run (settings: see `run_affinity`), saved to `out` (default:
     RUN/affinity, shown in the run's report); returns (result, .npz path, report path)."""
+    _check_seed(settings.get("seed", 0))
     result: AffinityResult = run_affinity(run_dir, **settings)
     if out is None:
         run = RunDir.open(run_dir)
@@ -161,6 +169,12 @@ def affinity(run_dir: str | Path, out: str | Path | None = None, **settings: Any
         return result, npz, write_report(run)
     npz = save_affinity(result, out)
     return result, npz, write_experiment_report(out)
+
+
+def _check_seed(seed: int) -> None:
+    """A seed torch's generators take (one line, not torch's overflow error)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise AntError(f"--seed must be in 0..2**64 - 1, got {seed}")
 
 
 def _generator(seed: int) -> torch.Generator:

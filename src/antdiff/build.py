@@ -53,9 +53,14 @@ def reference_data(cfg: TrainConfig) -> Dataset:
 
 def schedule(cfg: TrainConfig) -> Schedule:
     """The DDPM noise schedule, or flow matching's path (`--objective flow`)."""
-    if cfg.objective == "flow":
-        return FlowPath(cfg.timesteps, cfg.flow_shift)
-    return NoiseSchedule.from_name(cfg.schedule, cfg.timesteps)
+    return make_schedule(cfg.objective, cfg.schedule, cfg.timesteps, cfg.flow_shift)
+
+
+def make_schedule(objective: str, name: str, timesteps: int, flow_shift: float) -> Schedule:
+    """The schedule of these settings alone (what `antdiff cluster` needs of a config)."""
+    if objective == "flow":
+        return FlowPath(timesteps, flow_shift)
+    return NoiseSchedule.from_name(name, timesteps)
 
 
 def clustering(cfg: TrainConfig, schedule: Schedule) -> Clustering:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 
+from antdiff.cliflags import Parser, add_config_flags, json_object
 from antdiff.config import FIELDS, PRESETS, TrainConfig, read_config_file, resolve
 from antdiff.diffusion.samplers import SAMPLERS
 from antdiff.diffusion.schedule import SCHEDULES
+from antdiff.distributed import peer_lost
 from antdiff.errors import AntError, Interrupted, out_of_memory
 from antdiff.rundir import read_config
 from antdiff.tasks import COSTS
@@ -21,12 +21,14 @@ from antdiff.tasks import COSTS
 
 def _cluster(args: argparse.Namespace) -> int:
     from antdiff import build
-    from antdiff.config import make_config
     from antdiff.report import plot_partition
     from antdiff.tasks import cluster_timesteps, load_affinity
+    from antdiff.validation import check_schedule
 
-    keys = ("objective", "timesteps", "schedule", "flow_shift")
-    schedule = build.schedule(make_config({k: getattr(args, k) for k in keys}))
+    # the schedule alone: cluster needs no training config (whose other checks, such as
+    # sample_steps <= timesteps, are not its user's concern)
+    check_schedule(args.objective, args.schedule, args.timesteps, args.flow_shift)
+    schedule = build.make_schedule(args.objective, args.schedule, args.timesteps, args.flow_shift)
     affinity = load_affinity(args.affinity) if args.affinity else None
     if affinity is not None and args.cost != "affinity":
         raise AntError("--affinity is only used with --cost affinity")
@@ -66,7 +68,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     flags = {name: getattr(args, name) for name in FIELDS}
     for key in ("model_options", "method_options"):
         if flags[key] is not None:
-            flags[key] = _json_object(flags[key], key)
+            flags[key] = json_object(flags[key], key)
     base = None
     if args.resume:  # the run's own config, changed only by what is given again
         if flags["out"] is None:
@@ -216,42 +218,6 @@ def _transfer(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump) and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        if message.endswith("expected one argument"):  # e.g. --lr -1e-3
-            message += " (a value starting with '-' goes as --flag=VALUE)"
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _json_object(text: str, name: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise AntError(f"--{name.replace('_', '-')} must be a JSON object, got {text!r}") from None
-    if not isinstance(value, dict):
-        raise AntError(f"--{name.replace('_', '-')} must be a JSON object, got {text!r}")
-    return value
-
-
-def _add_config_flags(p: argparse.ArgumentParser, names: Sequence[str] = tuple(FIELDS)) -> None:
-    """One flag per TrainConfig field (--batch-size, ...); unset flags keep preset/file values."""
-    hints = typing.get_type_hints(TrainConfig)
-    for name in names:
-        f = FIELDS[name]
-        flag = "--" + name.replace("_", "-")
-        kind = hints[name]
-        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-        default = f.default if f.default is not dataclasses.MISSING else "{}"
-        text = f"{f.metadata['help']} (default {default})".replace("%", "%%")
-        if base is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            conv = str if base is dict or typing.get_origin(base) is dict else base
-            p.add_argument(flag, type=conv, default=None, dest=name, help=text)
-
-
 def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
     """`antdiff affinity` (O1) and `antdiff transfer` (O2)."""
     a = sub.add_parser("affinity", help="task affinity between timestep bins (O1), heat maps")
@@ -280,7 +246,7 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("transfer", help="negative-transfer gap of interval specialists (O2)")
     t.add_argument("--preset", choices=list(PRESETS), help="shared training settings")
     t.add_argument("--config", metavar="FILE", help="shared training settings (JSON/TOML)")
-    _add_config_flags(t, TRANSFER_FLAGS)
+    add_config_flags(t, TRANSFER_FLAGS)
     t.add_argument("--intervals", default="timestep:5", help="timestep:K, log-snr:K, or L:R,...")
     t.add_argument("--seeds", type=int, default=3, help="seeds 0..S-1 (default 3)")
     t.add_argument("--method", default="vanilla", help="generalist: vanilla or an ANT method")
@@ -303,9 +269,9 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from antdiff import __version__
 
-    p = _Parser(prog="antdiff", description=__doc__)
+    p = Parser(prog="antdiff", description=__doc__)
     p.add_argument("--version", action="version", version=f"antdiff {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     c = sub.add_parser("cluster", help="split timesteps into k intervals by exact DP")
     c.add_argument("--objective", choices=["ddpm", "flow"], default="ddpm")
@@ -329,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", metavar="FILE", help="settings from a JSON or TOML file")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    _add_config_flags(t)
+    add_config_flags(t)
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="draw samples from a run's EMA model, or from an export")
@@ -388,10 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         message, code = "interrupted", 130
     except RuntimeError as e:
-        if not out_of_memory(e):
+        if peer_lost(e):
+            message, code = "another process of this torchrun job stopped (see its message)", 2
+        elif not out_of_memory(e):
             raise
-        message, code = "out of memory: lower --batch-size (or --resolution, the model)", 2
-    print(f"antdiff {args.command}: error: {message}", file=sys.stderr)
+        else:
+            message, code = "out of memory: lower --batch-size (or --resolution, the model)", 2
+    sys.stderr.write(f"antdiff {args.command}: error: {message}\n")  # one write: ranks share it
     return code
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -61,13 +63,49 @@ class Dist:
             dist.all_reduce(out)
         return out.cpu()
 
+    def check_same(self, config: dict) -> None:
+        """Refuse, on every rank, a run whose ranks were started with different settings (each
+        would train on silently with its own, or abort inside a collective of another shape)."""
+        if self.world == 1:
+            return
+        mine = json.dumps(config, sort_keys=True, default=str)
+        config = json.loads(mine)
+        every: list[str | None] = [None] * self.world
+        dist.all_gather_object(every, mine)
+        for rank, theirs in enumerate(every):
+            other = json.loads(theirs or "{}")
+            differ = sorted(k for k in {**config, **other} if config.get(k) != other.get(k))
+            if differ:
+                name = differ[0]
+                raise AntError(
+                    f"rank {rank} was started with another --{name.replace('_', '-')} "
+                    f"({other.get(name)!r}, rank {self.rank}: {config.get(name)!r}); every rank "
+                    "must get the same flags"
+                )
+
     def all_true(self, ok: bool) -> bool:
         """Whether `ok` holds on every rank."""
         return self.max_int(0 if ok else 1) == 0
 
 
+def peer_lost(error: BaseException) -> bool:
+    """Whether `error` is a collective that failed because another process of the torchrun job
+    is gone (killed, or stopped by its own error): the survivor's side of someone else's fault."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not isinstance(error, RuntimeError):
+        return False
+    marks = ("gloo", "NCCL", "Connection closed", "Connection reset", "Broken pipe")
+    return isinstance(error, getattr(dist, "DistError", ())) or any(m in str(error) for m in marks)
+
+
+def check_device_name(device: str) -> None:
+    """auto, cpu, cuda or cuda:N; anything else (tpu, mps, ...) is refused by name."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise AntError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """auto (CUDA when available), cpu, cuda or cuda:N."""
+    check_device_name(device)
     cuda = device != "cpu" and (device != "auto" or torch.cuda.is_available())
     if cuda and not torch.cuda.is_available():
         raise AntError(f"--device {device} but no CUDA device is available")

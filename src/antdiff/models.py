@@ -141,6 +141,10 @@ def disable_label_dropout(net: DiTTransformer2DModel) -> DiTTransformer2DModel:
 
 def _mlp(channels: int, size: int, num_classes: int, **cfg: Any) -> PointMLP:
     in_dim = channels * size * size if size > 0 else channels
+    for key, low in (("hidden", 1), ("depth", 0)):  # 0 hidden units trained on silently
+        value = cfg.get(key, low)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
     return PointMLP(in_dim=in_dim, num_classes=num_classes, **cfg)
 
 
@@ -214,7 +218,7 @@ def build_model(
         raise AntError(f"{name} is an image model; 2-D points need the 'mlp' model")
     try:
         net = builder(channels, size, num_classes, **{**defaults, **overrides})
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. {"hidden": -5}
         raise AntError(f"cannot build {name}: {exc}".splitlines()[0]) from exc
     spec = {
         "name": name,

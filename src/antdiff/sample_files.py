@@ -95,12 +95,23 @@ def save_npz(
     return path
 
 
-def save_samples(x: torch.Tensor, out: str | Path, labels: torch.Tensor | None = None) -> Path:
-    """FILE.npz and a picture beside it (FILE.png), or just the picture for a .png path; a
-    folder or a path that cannot be written is one AntError line."""
+def check_out(out: str | Path) -> Path:
+    """`out` as a samples path, refused before any sampling: a folder, or a suffix that would be
+    silently replaced (s.jpg would become s.npz), is one AntError line."""
     out = Path(out)
     if out.is_dir():
         raise AntError(f"--out {out} is a folder; give a file name such as {out / 'samples.npz'}")
+    if out.suffix not in (".npz", ".png", ""):
+        raise AntError(
+            f"--out {out}: samples are written as .npz (+ .png) or .png, not {out.suffix}"
+        )
+    return out
+
+
+def save_samples(x: torch.Tensor, out: str | Path, labels: torch.Tensor | None = None) -> Path:
+    """FILE.npz and a picture beside it (FILE.png), or just the picture for a .png path; a
+    folder or a path that cannot be written is one AntError line."""
+    out = check_out(out)
     with writing(out):
         if out.suffix == ".png":
             return save_grid(x, out)

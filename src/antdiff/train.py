@@ -94,6 +94,7 @@ class Trainer:
         stopped before its first checkpoint starts again from step 0). Rank 0 holds the run's
         lock until `close()` (or the end of a `with` block)."""
         dist = distributed.setup(cfg.device)
+        dist.check_same(cfg.to_dict())  # before any rank touches the run directory
         run, parts, ckpt = _open_run(cfg, dist, resume)
         try:
             trainer = cls(cfg, parts, run, dist, evaluate)

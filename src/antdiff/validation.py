@@ -13,11 +13,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from antdiff.data import check_spec
 from antdiff.diffusion.loss import PREDICTIONS, VELOCITY
 from antdiff.diffusion.samplers import DDPM_SAMPLERS, FLOW_SAMPLERS
 from antdiff.diffusion.schedule import SCHEDULES
 from antdiff.diffusion.weighting import build_weighting
+from antdiff.distributed import check_device_name
 from antdiff.errors import AntError
+from antdiff.models import list_models
 from antdiff.mtl import ANCHORED_PREFIX, METHODS, SAMPLED_PREFIX, TORCHJD_PREFIX, build_method
 from antdiff.options import Param
 from antdiff.tasks import (
@@ -25,10 +28,12 @@ from antdiff.tasks import (
     IntervalPartition,
     build_timestep_sampler,
     check_size,
+    load_affinity,
     timestep_sampling,
 )
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
 #: SD3's shift of flow matching's t; far outside this range the sampler's sigmas collapse
 FLOW_SHIFT = Param("flow_shift", float, 1.0, 0.01, 100.0)
 OBJECTIVES = ("ddpm", "flow")
@@ -73,12 +78,7 @@ def validate(cfg: Config, shorthands: Iterable[str] = ()) -> None:
         if value not in names:
             kind = f" for --objective {cfg.objective}" if name in ("prediction", "sampler") else ""
             raise AntError(f"unknown {name} {value!r}{kind}; choose from {', '.join(names)}")
-    if flow and cfg.schedule != "linear":
-        raise AntError("--schedule is DDPM's noise schedule; flow matching's is --flow-shift")
-    FLOW_SHIFT.check("flow matching", cfg.flow_shift)
-    if not flow and cfg.flow_shift != 1.0:
-        raise AntError("--flow-shift shifts flow matching's t: use it with --objective flow")
-    check_size(cfg.timesteps)
+    check_schedule(cfg.objective, cfg.schedule, cfg.timesteps, cfg.flow_shift)
     build_timestep_sampler(cfg.timestep_sampling, IntervalPartition.uniform(cfg.timesteps, 1))
     spec = ClusterSpec.parse(cfg.clusters)
     if spec.k > cfg.timesteps:
@@ -89,6 +89,55 @@ def validate(cfg: Config, shorthands: Iterable[str] = ()) -> None:
         check_auto(cfg, spec.k)
     _check_method(cfg, spec.k, shorthands)
     timestep_range(cfg.timestep_range, cfg.timesteps)
+    _check_tasks(cfg, spec)
+    check_device_name(cfg.device)
+    if not cfg.out.strip():
+        raise AntError("--out is empty; name the run directory")
+    check_spec(cfg.dataset)
+    if cfg.vae is not None and not cfg.vae.strip():
+        raise AntError("--vae is empty; name an AutoencoderKL (or leave it out)")
+    if cfg.model != "auto" and cfg.model not in list_models():
+        raise AntError(f"unknown model {cfg.model!r}; choose from auto, {', '.join(list_models())}")
+
+
+def _check_tasks(cfg: Config, spec: ClusterSpec) -> None:
+    """What the K tasks need, known before training: also what an affinity:K:auto run meets only
+    at its switch after the warm-up, so that such a run is refused before it starts."""
+    if spec.file is not None and not spec.auto and Path(spec.file).is_file():
+        bins = load_affinity(spec.file).shape[0]
+        if spec.k > bins:
+            raise AntError(
+                f"--clusters {cfg.clusters}: K must be <= the matrix's {bins} bins "
+                "(more intervals than bins would split single timesteps off)"
+            )
+    if cfg.affinity_bins < 2 or cfg.affinity_probe < 1 or cfg.affinity_snapshots < 1:
+        raise AntError("affinity_bins must be >= 2, affinity_probe and affinity_snapshots >= 1")
+    if not spec.auto and cfg.affinity_warmup is not None:
+        raise AntError("--affinity-warmup is the warm-up of --clusters affinity:K:auto only")
+    if cfg.timestep_range is not None:
+        return
+    if cfg.timestep_sampling == "stratified" and cfg.batch_size < spec.k:
+        raise AntError(
+            f"batch size {cfg.batch_size} is smaller than the number of tasks K={spec.k}: "
+            "stratified sampling needs at least one sample per task"
+        )
+    build_timestep_sampler(cfg.timestep_sampling, IntervalPartition.uniform(cfg.timesteps, spec.k))
+
+
+def check_schedule(objective: str, schedule: str, timesteps: int, flow_shift: float) -> None:
+    """The noise schedule (DDPM) or path (flow) alone: what `antdiff cluster` needs."""
+    if objective not in OBJECTIVES:
+        raise AntError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+    if schedule not in SCHEDULES:
+        raise AntError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+    if objective == "flow" and schedule != "linear":
+        raise AntError("--schedule is DDPM's noise schedule; flow matching's is --flow-shift")
+    FLOW_SHIFT.check("flow matching", flow_shift)
+    if objective != "flow" and flow_shift != 1.0:
+        raise AntError("--flow-shift shifts flow matching's t: use it with --objective flow")
+    if timesteps < 1:
+        raise AntError(f"timesteps must be >= 1, got {timesteps}")
+    check_size(timesteps)
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -103,6 +152,7 @@ def _check_ranges(cfg: Config) -> None:
         (0 <= cfg.label_dropout < 1, f"label_dropout must be in [0, 1), got {cfg.label_dropout}"),
         (cfg.timesteps >= 1, f"timesteps must be >= 1, got {cfg.timesteps}"),
         (cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}"),
+        (cfg.seed <= MAX_SEED, f"seed must be at most 2**64 - 1, got {cfg.seed}"),
         (cfg.log_every >= 1 and cfg.checkpoint_every >= 1, "log/checkpoint intervals must be >= 1"),
         (cfg.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
         (cfg.holdout is None or cfg.holdout >= 0, f"holdout must be >= 0, got {cfg.holdout}"),

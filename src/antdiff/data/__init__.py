@@ -30,6 +30,7 @@ __all__ = [
     "Dataset",
     "Kind",
     "cache_dir",
+    "check_spec",
     "decode_latents",
     "load_animals",
     "load_dataset",
@@ -69,7 +70,18 @@ def load_dataset(
     return encode_dataset(data, vae, spec=spec, resolution=resolution)
 
 
+def check_spec(spec: str) -> None:
+    """The form of a data spec, before anything is read: a config check can know no more (a
+    finished run's config is checked again where its data may be gone)."""
+    kind, _, arg = spec.partition(":")
+    if not spec.strip():
+        raise AntError("--dataset is empty; use digits, toy:NAME, folder:PATH, npz:PATH, ...")
+    if kind in ("toy", "folder", "npz", "mnist") and not arg.strip():
+        raise AntError(f"--dataset {spec!r} names no {'data set' if kind == 'toy' else 'path'}")
+
+
 def _load_raw(spec: str, resolution: int | None, seed: int, num_points: int) -> Dataset:
+    check_spec(spec)
     kind, _, arg = spec.partition(":")
     if spec == "digits":
         return load_digits(resolution)

@@ -128,9 +128,9 @@ def generate(
 
     ``sampler`` defaults to `default_sampler`. Deterministic given ``generator`` (a CPU
     generator; noise is drawn batch by batch in order). ``steps`` defaults to T for ddpm and 50
-    otherwise. A conditional model (``num_classes`` > 0, read from the model when None) gets
-    ``labels`` or balanced labels; label ``num_classes`` means unconditional. ``clip_sample``
-    should be True only for pixel images in [-1, 1].
+    otherwise (at most T). A conditional model (``num_classes`` > 0, read from the model when
+    None) gets ``labels`` or balanced labels; label ``num_classes`` means unconditional.
+    ``clip_sample`` should be True only for pixel images in [-1, 1].
     """
     if num < 1 or batch_size < 1:
         raise AntError(f"the number of samples and the batch size must be >= 1, got {num}")
@@ -144,7 +144,7 @@ def generate(
     if labels is not None and labels.shape != (num,):
         raise AntError(f"labels must have shape ({num},), got {tuple(labels.shape)}")
     sampler = check_sampler(schedule, sampler or default_sampler(schedule))
-    steps = steps or (schedule.timesteps if sampler == "ddpm" else 50)
+    steps = steps or (schedule.timesteps if sampler == "ddpm" else min(50, schedule.timesteps))
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     was_training = model.training

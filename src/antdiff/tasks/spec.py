@@ -82,6 +82,8 @@ def load_affinity(path: str | Path) -> np.ndarray:
             if "affinity" not in data:
                 raise AntError(f"{p} has no 'affinity' array (found {', '.join(data.files)})")
             data = data["affinity"]
+    except AntError:
+        raise
     except (OSError, ValueError, EOFError):
         raise AntError(f"cannot read affinity file {p}: not a .npy or .npz array file") from None
     return check_affinity(data)
