@@ -18,11 +18,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job: ANT-UW on the 8x8 digits over 5 intervals chosen from the task affinity that
-# the run measures on its own weights after a vanilla warm-up (--clusters affinity:5:auto).
+# The main job: the recommended ANT recipe (--ant; for DDPM: ANT-UW on the 8x8 digits over 5
+# intervals chosen from the task affinity that the run measures on its own weights after a
+# vanilla warm-up, --clusters affinity:5:auto).
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(BIN)/antdiff train --preset demo --out runs/demo
+	$(BIN)/antdiff train --preset demo --ant --out runs/demo
 	$(BIN)/antdiff evaluate --run runs/demo --num 500
 	@echo "samples: runs/demo/samples.png  report: runs/demo/report.html"
 

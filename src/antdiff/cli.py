@@ -74,7 +74,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         if flags["out"] is None:
             raise AntError("--resume needs --out RUN (the run directory to continue)")
         base = read_config(flags["out"]).to_dict()
-    return resolve(args.preset, args.config, base, **flags)
+    return resolve(args.preset, args.config, base, ant=args.ant, **flags)
 
 
 def train_config(argv: Sequence[str]) -> TrainConfig:
@@ -294,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=list(PRESETS), help="named starting configuration")
     t.add_argument("--config", metavar="FILE", help="settings from a JSON or TOML file")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument(
+        "--ant",
+        action="store_true",
+        help="the recommended ANT recipe of the objective, written out in config.json (DDPM: "
+        "uw over affinity:5:auto, stratified; flow: anchored:uw over affinity:5:auto, "
+        "logit-normal)",
+    )
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     add_config_flags(t)
     t.set_defaults(func=_train)

@@ -268,6 +268,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 _MNIST = ("dataset", "--dataset mnist:PATH (a folder of MNIST IDX files)")
 PRESET_NEEDS = {"mnist": _MNIST, "mnist-gpu": _MNIST}
 
+# `--ant`: the recommended ANT recipe of each objective, from the measurements in
+# docs/results.md ("ANT in the form practitioners use"). DDPM: ANT-UW over the automatic
+# affinity intervals with the paper's B/K samples per interval (level with loss-aware sampling,
+# ahead of the other baselines). Flow matching: the same intervals over SD3's logit-normal
+# density, UW's weights only correcting it within [1/2, 2] (`anchored:uw`; ahead of ANT-UW
+# alone, level with logit-normal alone).
+ANT_RECIPES: dict[str, dict[str, str]] = {
+    "ddpm": {"method": "uw", "clusters": "affinity:5:auto", "timestep_sampling": "stratified"},
+    "flow": {
+        "method": "anchored:uw",
+        "clusters": "affinity:5:auto",
+        "timestep_sampling": "logit-normal:0,1",
+    },
+}
+
 # The baselines as `--method` names. "vanilla" is L_simple everywhere in antdiff: uniform
 # timesteps and the plain mean loss (Ho et al. 2020); min-snr and p2 are vanilla with that
 # fixed loss weighting (debiased too), edm2 vanilla with EDM2's learned one.
@@ -288,10 +303,12 @@ def resolve(
     preset: str | None = None,
     file: str | None = None,
     base: dict[str, Any] | None = None,
+    ant: bool = False,
     **flags: Any,
 ) -> TrainConfig:
     """Defaults < `base` (a resumed run's own config) < preset < config file < flags (None flags
-    are ignored)."""
+    are ignored); `ant` then adds the objective's recipe (ANT_RECIPES), refusing a value that
+    contradicts it."""
     values: dict[str, Any] = dict(base or {})
     if preset:
         if preset not in PRESETS:
@@ -303,7 +320,21 @@ def resolve(
     key, what = PRESET_NEEDS.get(preset or "", (None, ""))
     if key is not None and key not in values:
         raise AntError(f"--preset {preset} needs {what}")
-    return make_config(values)
+    return make_config(expand_ant(values) if ant else values)
+
+
+def expand_ant(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the recipe of `--ant` for their objective written out; a value given for
+    one of its keys must be the recipe's."""
+    recipe = ANT_RECIPES.get(values.get("objective", "ddpm"))
+    if recipe is None:  # an unknown objective: the config check names it
+        return values
+    for key, meant in recipe.items():
+        given = values.get(key)
+        if given is not None and given != meant:
+            flag = "--" + key.replace("_", "-")
+            raise AntError(f"--ant means {flag} {meant}, not {given}")
+    return {**values, **recipe}
 
 
 def make_config(values: dict[str, Any]) -> TrainConfig:
