@@ -4,7 +4,8 @@ most 4 minutes on 2 idle cores).
     python benchmarks/fid_speed.py [--dataset animals] [--num 2000] [--threads 2]
 
 Times the two parts of `antdiff fid` on NUM real images of the data set against NUM others (the
-held-out split against the first training images, so the FID is a real-vs-real floor): the
+held-out split against a seeded random draw of the training images, so the FID is a
+real-vs-real floor): the
 Inception features (28 -> 299 resize, pool3) and the Frechet distance (the 2048 x 2048 matrix
 square root). Needs `pip install 'ant-diffusion[fid]'` (and `[animals]` for the animals).
 """
@@ -34,7 +35,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset)
     train, heldout = data.split(min(args.num, len(data) // 2), seed=0)
-    a, b = heldout.x[: args.num], train.x[: args.num]
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    a, b = heldout.x[: args.num], train.x[order[: args.num]]  # (animals' files: sorted by class)
     net = Inception()
     start = time.perf_counter()
     stats = [feature_stats(net.features(x, progress=False)) for x in (a, b)]
