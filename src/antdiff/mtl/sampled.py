@@ -51,7 +51,7 @@ class _Shares:
 
 
 def _check_inner(inner: MTLMethod, num_tasks: int, kind: type) -> None:
-    if not isinstance(inner, kind) or getattr(inner, "takes_shares", False):
+    if not isinstance(inner, kind) or inner.takes_shares:
         raise AntError(f"sampled: cannot wrap {type(inner).__name__}")
     if inner.num_tasks != num_tasks:
         raise AntError(f"sampled: inner method has {inner.num_tasks} tasks, not {num_tasks}")
