@@ -21,7 +21,6 @@ prints a table per class and writes benchmarks/results/fuzz.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -45,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from antdiff.cli import main as cli_main  # noqa: E402
 from antdiff.config import FIELDS, TrainConfig  # noqa: E402
-from test_reliability import BAD_INPUTS  # noqa: E402
+from test_reliability import BAD_INPUTS, snapshot, write_odd_files  # noqa: E402
 
 TOY = "--dataset toy:gaussians8 --model mlp --timesteps 20 --num-samples 2 --sample-steps 2"
 TINY = f"{TOY} --steps 2 --device cpu"
@@ -63,16 +62,6 @@ class Case:
     prepare: typing.Callable[[Path], None] | None = None
     timeout: float = 120.0
     kill: tuple[int, str] | None = None  # (signal, when: importing | started | checkpointed)
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    if not folder.exists():
-        return {}
-    return {
-        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != ".lock"
-    }
 
 
 def forked(argv: list[str], cwd: Path, timeout: float) -> tuple[int | None, str, str]:
@@ -388,33 +377,13 @@ def make_files(base: Path) -> None:
     d.mkdir()
     argv = [*TOY.split(), "--steps=4", "--checkpoint-every=2", f"--out={base / 'R'}"]
     assert forked(["train", *argv], base, 300)[0] == 0, "could not train the run R"
-    for name in ("empty", "folder", "half", "images"):
-        (d / name).mkdir()
-    (d / "a_file").write_text("x")
-    (d / "half" / "metrics.jsonl").write_text('{"step": 1}\n')
-    np.savez(d / "zero.npz", x=np.zeros((0, 8, 8), np.uint8))
-    (d / "garbage.npy").write_bytes(b"\x80\x04 this is not an array")
-    np.save(d / "strings.npy", np.array([["a", "b"], ["c", "d"]]))
-    np.save(d / "complex.npy", np.eye(3) * (1 + 1j))
-    np.save(d / "a5.npy", np.eye(5))
+    write_odd_files(d)
     np.save(d / "a8.npy", np.eye(8))
-    np.savez(d / "noaff.npz", x=np.eye(4))
+    (d / "images").mkdir()
     from PIL import Image
 
     for i in range(12):
         Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(d / "images" / f"{i}.png")
-    for name, text in {
-        "steps.json": '{"steps": "five"}',
-        "bad.json": "{steps: 5",
-        "cfg.yaml": "steps: 5",
-        "clusters.toml": "clusters = 5",
-        "lr.toml": 'lr = "0.001"',
-        "batch.json": '{"batch_size": 16.5}',
-        "cond.json": '{"conditional": "false"}',
-        "key.json": '{"stepz": 5}',
-        "list.json": "[1, 2]",
-    }.items():
-        (d / name).write_text(text)
 
 
 def main() -> None:

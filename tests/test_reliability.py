@@ -50,12 +50,9 @@ CLI = [sys.executable, "-m", "antdiff"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A finished toy run R and the odd files the bad inputs point at."""
-    d = tmp_path_factory.mktemp("bad")
-    run = d / "R"
-    assert main(["train", *TOY, "--steps", "4", "--checkpoint-every", "2", "--out", str(run)]) == 0
+def write_odd_files(d: Path) -> None:
+    """The odd files and folders the bad inputs point at, in `d` (also used by
+    benchmarks/fuzz.py)."""
     (d / "empty").mkdir()
     (d / "folder").mkdir()
     (d / "a_file").write_text("x")
@@ -79,6 +76,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "list.json": "[1, 2]",
     }.items():
         (d / name).write_text(text)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A finished toy run R and the odd files the bad inputs point at."""
+    d = tmp_path_factory.mktemp("bad")
+    run = d / "R"
+    assert main(["train", *TOY, "--steps", "4", "--checkpoint-every", "2", "--out", str(run)]) == 0
+    write_odd_files(d)
     return {"dir": d, "run": run}
 
 
