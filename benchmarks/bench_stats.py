@@ -17,6 +17,7 @@ from antdiff.metrics.declare import METRICS, PRIMARY, summary_metrics
 
 #: beside each primary metric, the metrics its summary shows (declared in antdiff.metrics)
 EXTRAS = {p: summary_metrics(p) for p in PRIMARY.values()}
+EXTRAS["fid"] = ("fd", *EXTRAS["fd"])  # the standard FID ranks where measured (28x28 settings)
 #: what a compacted evaluation keeps: every declared number but the held-out loss (kept apart)
 KEEP = (*(m for m in METRICS if m != "heldout"), "num_samples")
 
@@ -125,7 +126,7 @@ def summarize(
     for r in sorted(results, key=lambda r: r["seed"]):
         by_method.setdefault(r["method"], []).append(r)
     first = final_eval(results[0], guidance)
-    metric = PRIMARY["image"] if PRIMARY["image"] in first else PRIMARY["points"]
+    metric = next(m for m in ("fid", PRIMARY["image"], PRIMARY["points"]) if m in first)
     bases = {
         ref: {r["seed"]: r for r in by_method.get(ref, [])} for ref in ("vanilla", "flow-vanilla")
     }

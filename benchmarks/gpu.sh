@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The quality benchmark of issue 7 (benchmarks/quality.py) sized for ONE GPU in under 8 minutes:
-# MNIST 28x28, unet-small, vanilla / Min-SNR / P2 / ANT-UW / ANT-Nash / ANT-PCGrad (timestep
-# clustering, k=5), seeds 0,1,2 (seed-major, so whole seeds finish first), equal steps, curves,
-# final FD on 2000 samples. Same JSON as the CPU runs, in benchmarks/results/quality-gpu/, plus
-# device.txt (nvidia-smi). A hard time limit stops training after TRAIN_LIMIT seconds; the
-# summary is then written from the runs that finished (the script is resumable: run it again to
-# finish the rest).
+# The real-data benchmark (benchmarks/quality.py, setting animals-gpu) sized for ONE GPU and one
+# 10-minute window: 28x28 Animal-Shape, unet-small, batch 128, 5,000 steps; DDPM vanilla,
+# loss-aware and --ant, flow matching vanilla, logit-normal and --ant; seeds 0,1,2 (seed-major,
+# so whole seeds finish first); standard Inception FID on 2,000 samples (and on 1,000 at steps
+# 1,250/2,500/3,750/5,000), classifier FD, precision/recall; equal steps and equal wall-clock.
+# Same JSON as the CPU runs, in benchmarks/results/quality-gpu/, plus device.txt (nvidia-smi).
+# A hard limit stops training after TRAIN_LIMIT seconds; the summary is then written from the
+# runs that finished (resumable: run it again to finish the rest).
 #
-#   ANTDIFF_MNIST=path/to/mnist bash benchmarks/gpu.sh        # or: bash benchmarks/gpu.sh DIR
+#   bash benchmarks/gpu.sh
 #
-# Environment: PYTHON (default .venv/bin/python, else python3), TRAIN_LIMIT (default 420 s),
-# STEPS (default 1500), SEEDS (default 0,1,2), METHODS, WORKERS (runs sharing the GPU, default 3).
+# Needs the extras: pip install 'ant-diffusion[animals,fid]'. Environment: PYTHON (default
+# .venv/bin/python, else python3), TRAIN_LIMIT (default 480 s), STEPS (default 5000), SEEDS
+# (default 0,1,2), METHODS, WORKERS (runs sharing the GPU, default 3).
 # Not yet run on a GPU: no GPU was available when it was written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,9 +24,6 @@ fail() {
 
 PY=${PYTHON:-.venv/bin/python}
 [[ -x $PY ]] || PY=$(command -v python3) || fail "no python found (set PYTHON)"
-MNIST=${1:-${ANTDIFF_MNIST:-}}
-[[ -n $MNIST ]] || fail "pass the MNIST IDX folder as the first argument or ANTDIFF_MNIST=DIR"
-[[ -d $MNIST ]] || fail "MNIST folder '$MNIST' does not exist"
 command -v nvidia-smi >/dev/null || fail "nvidia-smi not found: this benchmark needs an NVIDIA GPU"
 nvidia-smi -L >/dev/null 2>&1 || fail "nvidia-smi cannot see a GPU (driver not loaded?)"
 "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' ||
@@ -32,11 +31,9 @@ nvidia-smi -L >/dev/null 2>&1 || fail "nvidia-smi cannot see a GPU (driver not l
 
 RESULTS=benchmarks/results/quality-gpu
 OUT=runs/bench/quality-gpu
-STEPS=${STEPS:-1500}
-SEEDS=${SEEDS:-0,1,2}
-METHODS=${METHODS:-vanilla,min-snr,p2,ant-uw-timestep,ant-nash-timestep,ant-pcgrad-timestep}
+METHODS=${METHODS:-vanilla,loss-aware,ant,flow-vanilla,flow-logit-normal,flow-ant}
 WORKERS=${WORKERS:-3}
-TRAIN_LIMIT=${TRAIN_LIMIT:-420}
+TRAIN_LIMIT=${TRAIN_LIMIT:-480}
 mkdir -p "$RESULTS"
 {
     date -u +"%Y-%m-%dT%H:%M:%SZ"
@@ -46,16 +43,24 @@ mkdir -p "$RESULTS"
 } >"$RESULTS/device.txt"
 head -3 "$RESULTS/device.txt"
 
-ARGS=(--dataset mnist --mnist "$MNIST" --device cuda --workers "$WORKERS" --threads 2
-    --methods "$METHODS" --seeds "$SEEDS" --steps "$STEPS" --curve-every 250 --curve-num 1000
-    --fd-num 2000 --sample-steps 25 --results "$RESULTS" --out "$OUT")
-# The feature net for MNIST FD is trained once (cached) before the workers start.
-"$PY" - "$MNIST" <<'EOF'
-import sys
+ARGS=(--dataset animals-gpu --device cuda --workers "$WORKERS" --threads 2
+    --methods "$METHODS" --seeds "${SEEDS:-0,1,2}" --steps "${STEPS:-5000}"
+    --results "$RESULTS" --out "$OUT")
+# The data, the feature net of the classifier FD and the Inception statistics of the data set
+# are made once (cached) before the workers start; a missing extra stops here with one line.
+"$PY" - <<'PYEOF' || fail "the extras are missing: pip install 'ant-diffusion[animals,fid]'"
 from antdiff.data import load_dataset
+from antdiff.errors import AntError
 from antdiff.evaluate import feature_net_for
-feature_net_for(load_dataset(f"mnist:{sys.argv[1]}"))
-EOF
+from antdiff.metrics.inception import Inception
+from antdiff.metrics.inception_fid import reference_stats
+try:
+    data = load_dataset("animals")
+    feature_net_for(data)
+    reference_stats(data.x, data.name, Inception("cuda"))
+except AntError as exc:
+    raise SystemExit(f"gpu.sh: {exc}")
+PYEOF
 status=0
 timeout --signal=INT "$TRAIN_LIMIT" "$PY" benchmarks/quality.py "${ARGS[@]}" || status=$?
 if [[ $status -ne 0 ]]; then

@@ -43,6 +43,7 @@ ANT = {
 ONE = "--method mean --clusters timestep:1 --timestep-sampling"  # the plain mean over samples
 VARIANTS: dict[str, str] = {  # `antdiff train` flags; stratified-*: no MTL; -wN/-bN: warm-up/bins
     "vanilla": "--method vanilla",
+    "ant": "--ant",  # the recommended recipe of the objective (config.ANT_RECIPES)
     "min-snr": "--method min-snr",
     "p2": "--method p2",
     **ANT,
@@ -85,10 +86,13 @@ VARIANTS.update(
             "ant-uw-auto-logit-normal",
             "ant-uw-auto-follow",
             "ant-uw-auto-follow-pure",
+            "ant",
         )
     }
 )
 DIGITS = "--dataset digits --batch-size 64 --lr 2e-3"
+CPU28 = "--model unet-small --conditional --batch-size 32 --lr 1e-3 --holdout 1000"
+REAL = {"steps": 2500, "fid": True, "curve_every": 1250, "curve_num": 1000}
 SETTINGS: dict[str, dict[str, Any]] = {
     "digits": {"flags": DIGITS, "steps": 2000},
     "digits-cond": {
@@ -102,10 +106,15 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "flags": "--dataset toy:gaussians8 --model mlp --batch-size 1024 --lr 1e-3 --holdout 2000",
         "steps": 3000,
     },
-    "mnist": {
-        "flags": "--dataset mnist:{mnist} --model unet-small --batch-size 128 --lr 1e-3 "
-        "--holdout 1000",
-        "steps": 4000,
+    # 28x28 real data (the `animals`/`mnist` presets): Inception FID on --fd-num samples, and on
+    # --curve-num at each curve point (the half-way one shows "vanilla's FID in half the steps")
+    "animals": {"flags": f"--dataset animals {CPU28}", **REAL},
+    "mnist": {"flags": f"--dataset mnist:{{mnist}} {CPU28}", **REAL},
+    # the same on one GPU (benchmarks/gpu.sh): 4x the batch, twice the steps
+    "animals-gpu": {
+        "flags": f"--dataset animals {CPU28.replace('32', '128')}",
+        **REAL,
+        "steps": 5000,
     },
 }
 PRIORITY = "vanilla,min-snr,p2,ant-uw-timestep,ant-nash-timestep,ant-pcgrad-timestep"
@@ -116,7 +125,7 @@ DEFAULTS = {
     "seeds": "0,1,2",
     "steps": None,
     "curve_every": None,
-    "curve_num": 500,
+    "curve_num": None,
     "fd_num": 2000,
     "sample_steps": 25,
     "heldout_per_interval": 400,
@@ -154,7 +163,8 @@ def train_flags(args: argparse.Namespace, method: str, seed: int) -> str:
 
 
 def evaluator(trainer: Trainer, args: argparse.Namespace, num: int, guidance: float) -> Any:
-    """The benchmark's evaluation of a model of `trainer`'s run, compacted."""
+    """The benchmark's evaluation of a model of `trainer`'s run, compacted (with the Inception
+    FID where the setting asks for it)."""
     cfg, noise = trainer.cfg, build.schedule(trainer.cfg)
     common = clustering_from_spec(COMMON_PARTITION, noise).partition
     ev = Evaluator(
@@ -168,13 +178,15 @@ def evaluator(trainer: Trainer, args: argparse.Namespace, num: int, guidance: fl
         seed=args.eval_seed,
         partition=common,
         per_interval=args.heldout_per_interval,
+        fid=SETTINGS[args.dataset].get("fid", False),
     )
     return lambda model: compact(ev(model))
 
 
 def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
     """Train + evaluate one (method, seed) and write its result JSON; skip it if it exists (with
-    --reevaluate: redo the final evaluation from the run's last checkpoint, keep the curve)."""
+    --reevaluate: evaluate the guidance scales it lacks from the run's last checkpoint, all of
+    them if --fd-num changed; the curve is kept)."""
     args, method, seed = job
     out = Path(args.results) / args.dataset / method / f"seed{seed}.json"
     old = json.loads(out.read_text()) if out.is_file() else None
@@ -194,14 +206,15 @@ def run_one(job: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
     if old is not None and not resume:
         raise SystemExit(f"--reevaluate: {rdir} is gone (run directories are needed)")
     t_wall = time.perf_counter()
-    curve_guidance = (setting := SETTINGS[args.dataset]).get("curve_guidance", 1.0)
+    curve_guidance = SETTINGS[args.dataset].get("curve_guidance", 1.0)
+    done = old["final"] if old is not None and args.fd_num == old["eval"]["fd_num"] else {}
     with Trainer.start(cfg, resume=resume) as trainer:
         trainer.evaluator = evaluator(trainer, args, args.curve_num, curve_guidance)
         trainer.fit()
-        with trainer.ema_weights() as model:
+        with trainer.ema_weights() as model:  # --reevaluate keeps scales already measured
             final = {
-                str(g): evaluator(trainer, args, args.fd_num, g)(model)
-                for g in setting.get("guidances", [1.0])
+                str(g): done.get(str(g)) or evaluator(trainer, args, args.fd_num, g)(model)
+                for g in args.guidances
             }
     distributed.teardown()
     command = reproduce(args, [method], [seed])
@@ -260,10 +273,11 @@ def reproduce(args: argparse.Namespace, methods: list[str], seeds: list[int]) ->
         "--seeds",
         ",".join(map(str, seeds)),
     ]
-    base = {**DEFAULTS, **(QUICK if args.quick else {})}
-    for key in list(DEFAULTS)[3:]:  # what changes results, after dataset, methods, seeds
-        if getattr(args, key) is not None and getattr(args, key) != base.get(key):
-            parts += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    base = vars(parse_args([*parts[2:], "--mnist", str(args.mnist)]))  # these runs' defaults
+    for key in [*list(DEFAULTS)[3:], "guidances"]:  # what changes results (after the above)
+        if (value := getattr(args, key)) is not None and value != base[key]:
+            value = ",".join(map(str, value)) if key == "guidances" else value
+            parts += [f"--{key.replace('_', '-')}", str(value)]
     if args.affinity and any("affinity" in m for m in methods):
         parts += ["--affinity", args.affinity]
     line = shlex.join(parts)
@@ -275,6 +289,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny end-to-end check (a few minutes)")
     p.add_argument("--dataset", choices=list(SETTINGS), help="setting (default digits)")
     p.add_argument("--methods", help=f"comma list or 'all'; from {list(VARIANTS)}")
+    p.add_argument("--guidances", help="comma list of guidance scales (default: the setting's)")
     for name in ("seeds", "results", "out", "affinity", "plots", "plot_methods", "markdown"):
         p.add_argument(f"--{name.replace('_', '-')}")  # --plots DIR: convergence PNGs
     for name in (
@@ -301,8 +316,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in {**DEFAULTS, **(QUICK if args.quick else {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.steps = args.steps or SETTINGS[args.dataset]["steps"]
-    args.curve_every = args.curve_every or max(1, args.steps // 8)
+    setting = SETTINGS[args.dataset]
+    args.steps = args.steps or setting["steps"]
+    args.curve_every = args.curve_every or setting.get("curve_every") or max(1, args.steps // 8)
+    args.curve_num = args.curve_num or setting.get("curve_num", 500)
+    scales = args.guidances.split(",") if args.guidances else setting.get("guidances", [1.0])
+    args.guidances = [float(g) for g in scales]
     args.methods = ",".join(VARIANTS) if args.methods == "all" else args.methods
     unknown = [m for m in args.methods.split(",") if m not in VARIANTS]
     if unknown:

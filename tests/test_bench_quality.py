@@ -123,8 +123,9 @@ def test_every_row_is_an_antdiff_train_command(bench, tmp_path: Path) -> None:
         assert cfg.seed == 3 and cfg.steps == args.steps and cfg.dataset == "digits"
         if method in want:
             assert (cfg.method, cfg.timestep_sampling, cfg.weighting) == want[method], method
-        assert ("affinity" in method or "auto" in method) == cfg.clusters.startswith("affinity:5:")
-        assert ("auto" in method) == cfg.clusters.endswith(":auto")
+        auto = "auto" in method or method.endswith("ant")  # --ant: affinity:5:auto inside
+        assert ("affinity" in method or auto) == cfg.clusters.startswith("affinity:5:")
+        assert auto == cfg.clusters.endswith(":auto")
     cfg = train_config(shlex.split(quality.train_flags(args, "ant-uw-auto-w50", 0)))
     assert cfg.affinity_warmup == 50 and cfg.method == "uw"
 
@@ -153,6 +154,40 @@ def test_the_printed_command_reproduces_the_arguments(bench) -> None:
     for key in ("dataset", "steps", "curve_num", "curve_every", "lr", "affinity", "fd_num"):
         assert getattr(again, key) == getattr(args, key), key
     assert again.methods == "ant-uw-affinity" and again.seeds == "2"
+
+
+def test_real_settings_rank_by_fid_and_keep_their_guidances(bench) -> None:
+    """28x28 settings: the Inception FID (final and curve) ranks, the classifier FD beside it;
+    the printed command carries a guidance sweep and nothing the setting already implies."""
+    stats, tables, quality = bench["bench_stats"], bench["bench_tables"], bench["quality"]
+    results = []
+    for s in range(2):
+        for method, fid in (("vanilla", 30.0), ("ant", 26.0 + s)):
+            run = fake_run(method, s, {"1.0": fid}, [90, 50, 40, fid], secs=10.0)
+            run["final"]["1.0"].update(fid=fid, fd=fid / 10)
+            for point in run["curve"]:
+                point["fid"] = 2 * point["fd"]
+            results.append(run)
+    summary = stats.summarize(results)
+    ant = summary["methods"]["ant"]
+    assert summary["metric"] == "fid" and ant["fid_mean"] == pytest.approx(26.5)
+    assert ant["fid_diff_vs_vanilla"]["mean"] == pytest.approx(-3.5)
+    assert ant["fd_mean"] == pytest.approx(2.65)  # shown beside it
+    assert summary["vanilla_final_curve"] == 60  # the curve's FID
+    summary["heldout_intervals"] = stats.heldout_bounds(results[0])
+    assert "FID final" in tables.markdown(summary)
+    args = quality.parse_args(["--dataset", "animals", "--guidances", "1,3", "--methods", "ant"])
+    assert (args.steps, args.curve_every, args.curve_num) == (2500, 1250, 1000)
+    assert args.guidances == [1.0, 3.0]
+    line = quality.reproduce(args, ["ant"], [0])
+    assert line.endswith("--seeds 0 --guidances 1.0,3.0")  # no --curve-num: the setting's
+    cfg = train_config(shlex.split(quality.train_flags(args, "ant", 0)))
+    assert (cfg.dataset, cfg.conditional, cfg.method, cfg.clusters) == (
+        "animals",
+        True,
+        "uw",
+        "affinity:5:auto",
+    )
 
 
 def test_unknown_method_is_a_usage_error(bench, capsys) -> None:

@@ -25,6 +25,7 @@ from antdiff.config import TrainConfig
 from antdiff.data import Dataset, decode_latents
 from antdiff.diffusion import Schedule, generate, per_sample_loss
 from antdiff.diffusion.samplers import check_sampler, default_sampler
+from antdiff.distributed import resolve_device
 from antdiff.errors import AntError
 from antdiff.metrics import (
     FeatureNet,
@@ -117,7 +118,8 @@ class Evaluator:
         self.seed = seed
         if fid and info.kind == "points":
             raise AntError("the standard FID needs images, not points")
-        self.inception = Inception() if fid else None  # fail now, not after sampling
+        device = resolve_device(cfg.device)  # the run's device (a GPU computes FID in seconds)
+        self.inception = Inception(device) if fid else None  # fail now, not after sampling
         self.real = build.reference_data(cfg)
         self.net = None if info.kind == "points" else feature_net_for(self.real)
         self.reference = (
