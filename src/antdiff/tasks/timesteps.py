@@ -47,6 +47,9 @@ class TimestepSampler:
     shapes_density: ClassVar[bool] = False
     needs_losses: ClassVar[bool] = False  # True: the trainer gathers the losses for `after_step`
     follows_method: ClassVar[bool] = False  # draws by the method's weights (`sampled:` methods)
+    #: True: it learns from the task Gramian; the trainer asks the engine for one on the steps
+    #: `gramian_due` names and hands every one a step computed to `after_step`
+    needs_gramian: ClassVar[bool] = False
 
     def __init__(self, partition: IntervalPartition) -> None:
         self.partition = partition
@@ -80,12 +83,20 @@ class TimestepSampler:
         n = torch.bincount(task.long().cpu(), minlength=self.partition.k).double()
         return n / n.sum()
 
+    def gramian_due(self, step: int) -> bool:
+        """Whether step `step` (0-based) should compute the task Gramian for this sampler."""
+        return False
+
     def after_step(
-        self, t: torch.Tensor, losses: torch.Tensor | None, task_weights: torch.Tensor
+        self,
+        t: torch.Tensor,
+        losses: torch.Tensor | None,
+        task_weights: torch.Tensor,
+        gramian: torch.Tensor | None = None,
     ) -> None:
         """Called after every optimizer step with the global batch's timesteps `t`, their
-        per-sample losses (None unless `needs_losses`) and the method's task weights [K].
-        A fixed density ignores them."""
+        per-sample losses (None unless `needs_losses`), the method's task weights [K] and the
+        step's task Gramian [K, K] if it computed one. A fixed density ignores them."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -249,7 +260,11 @@ class LossAwareSampler(TimestepSampler):
         return ((self.mass() / widths)[self.partition.task_of(t)] / p[t]).float()
 
     def after_step(
-        self, t: torch.Tensor, losses: torch.Tensor | None, task_weights: torch.Tensor
+        self,
+        t: torch.Tensor,
+        losses: torch.Tensor | None,
+        task_weights: torch.Tensor,
+        gramian: torch.Tensor | None = None,
     ) -> None:
         """Shift each sample's loss into the history of its t (in batch order)."""
         if losses is None:
