@@ -43,8 +43,7 @@ EvalFn = Callable[[nn.Module], dict[str, Any]]
 
 
 class Trainer:
-    """One run: its state (trainstate.py), its run directory and processes; `fit()` runs the
-    loop."""
+    """One run: its state (trainstate.py), run directory and processes; `fit()` runs the loop."""
 
     def __init__(
         self,

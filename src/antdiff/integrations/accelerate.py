@@ -57,7 +57,7 @@ class AcceleratedMTL:
                 f"{sampler.name} timestep sampling learns from the trainer's losses: "
                 "use it with `antdiff train`, or a fixed sampler here"
             )
-        if sampler.needs_gramian:
+        if getattr(sampler, "needs_gramian", False):  # a duck-typed sampler may not declare it
             raise AntError(
                 f"{sampler.name} timestep sampling learns from the task Gramian of the "
                 "trainer's steps: use it with `antdiff train`, or a fixed sampler here"
