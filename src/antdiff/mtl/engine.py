@@ -72,11 +72,11 @@ def ant_backward(
     single process only). Existing `.grad` are overwritten, also those of the method's own
     parameters. Then: clip, and `optimizer.step()` if `finite`.
     """
+    if not isinstance(method, LossMethod | GramianMethod):
+        raise AntError(f"{type(method).__name__} is not a LossMethod or a GramianMethod")
     ids, counts = check_inputs(method, task_ids, task_counts, model)
     present = counts > 0
     grad = GradStep(method, model, scaler, keep_scaled)
-    if not isinstance(method, LossMethod | GramianMethod):
-        raise AntError(f"{type(method).__name__} is not a LossMethod or a GramianMethod")
     refresh = isinstance(method, GramianMethod) and method.needs_refresh()
     g = None
     if refresh or gramian:
