@@ -28,7 +28,7 @@ ALL = torch.arange(1000)  # a batch with every interval in it
 def fed(gramian: torch.Tensor, weights: list[float], **options) -> DecreaseSampler:
     """A sampler that has seen exactly one Gramian (decay 0: its average is the last q)."""
     s = DecreaseSampler(PART, decay=0.0, **options)
-    s.after_step(ALL, None, torch.tensor(weights), gramian)
+    s.step_done(ALL, None, torch.tensor(weights), gramian)
     return s
 
 
@@ -95,11 +95,11 @@ def test_floor_holds_at_extremes(gramian: torch.Tensor, weights: list[float]) ->
 def test_average_is_smoothed_per_gramian_and_skips_absent_tasks() -> None:
     s = DecreaseSampler(PART, floor=0.0, decay=0.5, eps=0.01)
     eye = torch.eye(5, dtype=torch.float64)
-    s.after_step(ALL, None, torch.ones(5), eye)  # q = 1 everywhere
-    s.after_step(ALL, None, torch.ones(5))  # no Gramian this step: the average stays
+    s.step_done(ALL, None, torch.ones(5), eye)  # q = 1 everywhere
+    s.step_done(ALL, None, torch.ones(5))  # no Gramian this step: the average stays
     assert torch.allclose(s.probabilities(), torch.full((5,), 0.2, dtype=torch.float64))
     # tasks 0 and 4 only; d = (4, 0, 0, 0, 1) -> q = (1, ., ., ., 0.25)
-    s.after_step(torch.tensor([0, 600]), None, torch.tensor([4.0, 1, 1, 1, 1]), eye)
+    s.step_done(torch.tensor([0, 600]), None, torch.tensor([4.0, 1, 1, 1, 1]), eye)
     # bias-corrected: (0.5 * 0.5 * 1 + 0.5 * q) / (1 - 0.5^2); the absent ones keep 1
     q = torch.tensor([(0.25 + 0.5) / 0.75, 1, 1, 1, (0.25 + 0.125) / 0.75], dtype=torch.float64)
     assert torch.allclose(s.probabilities(), q / q.sum())
@@ -121,7 +121,7 @@ def test_gramians_are_asked_for_every_n_steps() -> None:
 def test_state_dict_round_trip_gives_identical_future_draws() -> None:
     a = DecreaseSampler(PART, floor=0.1, decay=0.9, importance=2)
     for i in range(5):
-        a.after_step(torch.arange(0, 1000, 7), None, torch.rand(5) + i, random_gramian(i))
+        a.step_done(torch.arange(0, 1000, 7), None, torch.rand(5) + i, random_gramian(i))
     b = DecreaseSampler(PART, floor=0.1, decay=0.9, importance=2)
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.probabilities(), b.probabilities())
@@ -132,8 +132,8 @@ def test_state_dict_round_trip_gives_identical_future_draws() -> None:
         assert torch.equal(ta, tb) and torch.equal(ka, kb)
         assert torch.equal(a.shares(ka), b.shares(kb))
         w, g = torch.rand(5), random_gramian(10 + step)
-        a.after_step(ta, None, w, g)
-        b.after_step(tb, None, w, g)
+        a.step_done(ta, None, w, g)
+        b.step_done(tb, None, w, g)
 
 
 def test_importance_shares_keep_the_objective() -> None:
@@ -222,8 +222,8 @@ def test_engine_hands_over_a_gradient_methods_own_gramian() -> None:
         lambda: build_timestep_sampler("decrease:eps=1.5", PART),
         lambda: build_timestep_sampler("decrease:eps=nan", PART),
         lambda: build_timestep_sampler("decrease:0.1,0.9,0,10,0.01,7", PART),
-        lambda: DecreaseSampler(PART).after_step(ALL, None, torch.ones(5), torch.ones(4, 4)),
-        lambda: DecreaseSampler(PART).after_step(ALL, None, torch.ones(4), torch.ones(5, 5)),
+        lambda: DecreaseSampler(PART).after_gramian(ALL, torch.ones(5), torch.ones(4, 4)),
+        lambda: DecreaseSampler(PART).after_gramian(ALL, torch.ones(4), torch.ones(5, 5)),
         lambda: DecreaseSampler(PART).load_state_dict(
             DecreaseSampler(PART).state_dict() | {"gain": torch.zeros(2)}
         ),

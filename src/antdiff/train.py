@@ -238,7 +238,7 @@ class Trainer:
             ant_after_step(parts.method, self.loss_fn(batch), batch.task[local], counts, self.net)
             losses = _gathered(record, self.dist, cfg.batch_size)
             weights = parts.method.sampling_weights(step_info.task_weights)
-            parts.timestep_sampler.after_step(batch.t, losses, weights, step_info.gramian)
+            parts.timestep_sampler.step_done(batch.t, losses, weights, step_info.gramian)
         state.step += 1
         return _row(self.step, step_info, counts, state.optimizer.param_groups[0]["lr"])
 

@@ -83,23 +83,16 @@ class DecreaseSampler(FollowSampler):
     def gramian_due(self, step: int) -> bool:
         return step % self.every == 0
 
-    def after_step(
-        self,
-        t: Tensor,
-        losses: Tensor | None,
-        task_weights: Tensor,
-        gramian: Tensor | None = None,
-    ) -> None:
-        """Fold the method's weights (for importance 2) and, with a Gramian [K, K] of this step,
-        q = max(eps, d / max|d|) of the tasks in the batch into the averages."""
-        super().after_step(t, losses, task_weights)
-        if gramian is None:
-            return
+    def after_gramian(self, t: Tensor, task_weights: Tensor, gramian: Tensor) -> None:
+        """Fold q = max(eps, d / max|d|) of the tasks in the batch `t` into their averages
+        (`after_step`, inherited, has folded the method's weights, for importance 2)."""
         k = self.partition.k
         g = torch.as_tensor(gramian).detach().double().cpu()
         if g.shape != (k, k):
             raise AntError(f"{self.name} expects a {k} x {k} Gramian, got {tuple(g.shape)}")
         w = torch.as_tensor(task_weights).detach().double().cpu()
+        if w.shape != (k,):
+            raise AntError(f"{self.name} expects {k} task weights, got {tuple(w.shape)}")
         d = self.decrease(g, w)
         present = self.present(t) & torch.isfinite(d)
         if not bool(present.any()):

@@ -104,13 +104,7 @@ class FollowSampler(TimestepSampler):
             shares = shares * self.weights() / self.probabilities()
         return shares
 
-    def after_step(
-        self,
-        t: Tensor,
-        losses: Tensor | None,
-        task_weights: Tensor,
-        gramian: Tensor | None = None,
-    ) -> None:
+    def after_step(self, t: Tensor, losses: Tensor | None, task_weights: Tensor) -> None:
         """Fold the method's task weights [K] of the step just taken into the average; only the
         tasks with a sample in the global batch `t` (their weights are defined)."""
         w = torch.as_tensor(task_weights).detach().double().cpu()

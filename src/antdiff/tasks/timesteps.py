@@ -48,7 +48,7 @@ class TimestepSampler:
     needs_losses: ClassVar[bool] = False  # True: the trainer gathers the losses for `after_step`
     follows_method: ClassVar[bool] = False  # draws by the method's weights (`sampled:` methods)
     #: True: it learns from the task Gramian; the trainer asks the engine for one on the steps
-    #: `gramian_due` names and hands every one a step computed to `after_step`
+    #: `gramian_due` names and hands every one a step computed to `after_gramian`
     needs_gramian: ClassVar[bool] = False
 
     def __init__(self, partition: IntervalPartition) -> None:
@@ -88,15 +88,30 @@ class TimestepSampler:
         return False
 
     def after_step(
+        self, t: torch.Tensor, losses: torch.Tensor | None, task_weights: torch.Tensor
+    ) -> None:
+        """Called after every optimizer step with the global batch's timesteps `t`, their
+        per-sample losses (None unless `needs_losses`) and the method's task weights [K].
+        A fixed density ignores them."""
+
+    def after_gramian(
+        self, t: torch.Tensor, task_weights: torch.Tensor, gramian: torch.Tensor
+    ) -> None:
+        """Called after `after_step` with the task Gramian [K, K] of the step, when it computed
+        one (asked for by `gramian_due`, or a gradient method's refresh)."""
+
+    def step_done(
         self,
         t: torch.Tensor,
         losses: torch.Tensor | None,
         task_weights: torch.Tensor,
         gramian: torch.Tensor | None = None,
     ) -> None:
-        """Called after every optimizer step with the global batch's timesteps `t`, their
-        per-sample losses (None unless `needs_losses`), the method's task weights [K] and the
-        step's task Gramian [K, K] if it computed one. A fixed density ignores them."""
+        """What the trainer calls after each optimizer step: `after_step`, then `after_gramian`
+        if the step computed the task Gramian."""
+        self.after_step(t, losses, task_weights)
+        if gramian is not None:
+            self.after_gramian(t, task_weights, gramian)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -260,11 +275,7 @@ class LossAwareSampler(TimestepSampler):
         return ((self.mass() / widths)[self.partition.task_of(t)] / p[t]).float()
 
     def after_step(
-        self,
-        t: torch.Tensor,
-        losses: torch.Tensor | None,
-        task_weights: torch.Tensor,
-        gramian: torch.Tensor | None = None,
+        self, t: torch.Tensor, losses: torch.Tensor | None, task_weights: torch.Tensor
     ) -> None:
         """Shift each sample's loss into the history of its t (in batch order)."""
         if losses is None:
