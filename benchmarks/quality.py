@@ -72,6 +72,11 @@ VARIANTS: dict[str, str] = {  # `antdiff train` flags; stratified-*: no MTL; -wN
         f"--timestep-sampling follow:0.5,0.95,{i}"
         for n, i in (("", 2), ("-pure", 0))
     },
+    **{  # intervals by the first-order decrease w_i sum_j G_ij (docs/decrease.md), unit weight
+        f"ant-{m}-auto-decrease": f"--method sampled:{m} --clusters affinity:5:auto "
+        "--timestep-sampling decrease:0.5,0.9,0,10,0.01"
+        for m in ("uw", "pcgrad")
+    },
 }
 VARIANTS.update(
     {

@@ -43,8 +43,7 @@ EvalFn = Callable[[nn.Module], dict[str, Any]]
 
 
 class Trainer:
-    """One run: its state (trainstate.py), its run directory and processes; `fit()` runs the
-    loop."""
+    """One run: its state (trainstate.py), run directory and processes; `fit()` runs the loop."""
 
     def __init__(
         self,
@@ -222,6 +221,7 @@ class Trainer:
                 counts,
                 self.net,
                 state.scaler,
+                gramian=parts.timestep_sampler.gramian_due(self.step),
             )
         except NonFiniteError as e:
             raise NonFiniteError(
@@ -238,7 +238,7 @@ class Trainer:
             ant_after_step(parts.method, self.loss_fn(batch), batch.task[local], counts, self.net)
             losses = _gathered(record, self.dist, cfg.batch_size)
             weights = parts.method.sampling_weights(step_info.task_weights)
-            parts.timestep_sampler.after_step(batch.t, losses, weights)
+            parts.timestep_sampler.step_done(batch.t, losses, weights, step_info.gramian)
         state.step += 1
         return _row(self.step, step_info, counts, state.optimizer.param_groups[0]["lr"])
 

@@ -195,10 +195,12 @@ def _check_method(cfg: Config, k: int, shorthands: Iterable[str]) -> None:
     if method.needs_follow and not sampler.follows_method:
         raise AntError(
             f"--method {cfg.method} trains the model on the plain mean; its weights only drive "
-            "--timestep-sampling follow"
+            "--timestep-sampling follow or decrease"
         )
     if sampler.follows_method and not method.needs_follow:
-        raise AntError(f"--timestep-sampling follow pairs with sampled:NAME, not {cfg.method}")
+        raise AntError(
+            f"--timestep-sampling {sampler.name} pairs with sampled:NAME, not {cfg.method}"
+        )
     weighting = build_weighting(cfg.weighting, cfg.prediction)
     if weighting.learned and method.per_task_gradients:  # it would get no combined gradient
         raise AntError(

@@ -57,6 +57,11 @@ class AcceleratedMTL:
                 f"{sampler.name} timestep sampling learns from the trainer's losses: "
                 "use it with `antdiff train`, or a fixed sampler here"
             )
+        if getattr(sampler, "needs_gramian", False):  # a duck-typed sampler may not declare it
+            raise AntError(
+                f"{sampler.name} timestep sampling learns from the task Gramian of the "
+                "trainer's steps: use it with `antdiff train`, or a fixed sampler here"
+            )
         self.accelerator, self.method, self.sampler = accelerator, method, sampler
         self.generator = generator
         self.window: list[tuple[Tensor, Tensor]] = []  # the window's (t, task) per micro-batch

@@ -7,9 +7,11 @@ GLOBAL batch):
   local batch, local task sums / global counts, the global task losses by one all-reduce of K
   numbers, weights from the method, then ONE backward of world * sum_k w_k L_k^local
   (DDP averages over ranks, which gives exactly sum_k w_k grad L_k).
-* refresh step (gradient methods): one forward/backward per task sub-batch into the rows of
-  `TaskGradients` (rows.py), one all-reduce of them, the Gramian, weights, the combined
-  gradient written to `.grad`.
+* per-task step (a gradient method's refresh, or any method when the caller asks for the
+  Gramian, `gramian=True`): one forward/backward per task sub-batch into the rows of
+  `TaskGradients` (rows.py), one all-reduce of them, the Gramian, weights (the refresh's, the
+  cached ones, or a loss-based method's from the global task losses), the combined gradient
+  written to `.grad`. The Gramian is returned in `StepInfo.gramian`.
 
 AMP (step.py): with a GradScaler an inf/NaN skips the step (finite=False) and backs off the
 scale exactly as `GradScaler.step/update`; do not call `scaler.step`. Without a scaler,
@@ -50,8 +52,13 @@ def ant_backward(
     model: nn.Module,
     scaler: torch.amp.GradScaler | None = None,
     keep_scaled: bool = False,
+    gramian: bool = False,
 ) -> StepInfo:
     """Write the method's combined, unscaled, all-reduced gradient into the parameters' `.grad`.
+
+    `gramian`: take the per-task path this step whatever the method, so that `StepInfo.gramian`
+    holds the task Gramian (a timestep sampler that learns from it; it costs one forward/backward
+    per task sub-batch instead of one pass). A gradient method's refresh gives it anyway.
 
     `keep_scaled` (with a scaler): leave `.grad` (the method's own parameters' too) multiplied by
     the scaler's scale and the scaler untouched, for an optimizer that unscales, skips overflowing
@@ -65,17 +72,18 @@ def ant_backward(
     single process only). Existing `.grad` are overwritten, also those of the method's own
     parameters. Then: clip, and `optimizer.step()` if `finite`.
     """
+    if not isinstance(method, LossMethod | GramianMethod):
+        raise AntError(f"{type(method).__name__} is not a LossMethod or a GramianMethod")
     ids, counts = check_inputs(method, task_ids, task_counts, model)
     present = counts > 0
     grad = GradStep(method, model, scaler, keep_scaled)
     refresh = isinstance(method, GramianMethod) and method.needs_refresh()
-    if refresh:
-        losses, weights, finite = _refresh_step(grad, loss_fn, ids, counts, present)
-    elif isinstance(method, LossMethod | GramianMethod):
-        losses, weights, finite = _weighted_step(grad, loss_fn, ids, counts, present)
+    g = None
+    if refresh or gramian:
+        losses, weights, finite, g = _per_task_step(grad, loss_fn, ids, counts, present, refresh)
     else:
-        raise AntError(f"{type(method).__name__} is not a LossMethod or a GramianMethod")
-    return grad.finish(losses, weights, finite, present, refreshed=refresh)
+        losses, weights, finite = _weighted_step(grad, loss_fn, ids, counts, present)
+    return grad.finish(losses, weights, finite, present, refreshed=refresh, gramian=g)
 
 
 def ant_after_step(
@@ -132,11 +140,12 @@ def _task_losses(
     return local, glob
 
 
-def _refresh_step(
-    grad: GradStep, loss_fn: LossFn, ids: Tensor, counts: Tensor, present: Tensor
-) -> tuple[Tensor, Tensor, bool]:
+def _per_task_step(
+    grad: GradStep, loss_fn: LossFn, ids: Tensor, counts: Tensor, present: Tensor, refresh: bool
+) -> tuple[Tensor, Tensor, bool, Tensor | None]:
+    """(global task losses, weights, finite, Gramian [K, K] float64 on CPU or None if not
+    finite); `refresh`: a gradient method solves for new weights from the Gramian."""
     method, model = grad.method, grad.model
-    assert isinstance(method, GramianMethod)
     k = method.num_tasks
     rows = TaskGradients.reused(method, grad.params)
     local = torch.zeros(k, dtype=torch.float32, device=grad.device)
@@ -153,9 +162,15 @@ def _refresh_step(
     gramian = rows.gramian()
     present_d = present.to(local.device)
     if not bool(torch.isfinite(local[present_d]).all()) or not bool(gramian.isfinite().all()):
-        return local, torch.zeros(k), False
-    weights = method.refresh(gramian, present.cpu())
-    return local, weights, rows.write_combined(weights)
+        return local, torch.zeros(k), False, None
+    if isinstance(method, LossMethod):
+        weights = method.task_weights(local, present_d)
+    elif refresh:
+        weights = method.refresh(gramian, present.cpu())
+    else:
+        weights = method.cached_weights()
+    finite = rows.write_combined(weights)
+    return local, weights, finite, gramian.detach().double().cpu() if finite else None
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -33,6 +33,9 @@ class StepInfo:
     task_weights: Tensor  # [K] effective weight on each task loss: the update is sum_k w_k grad L_k
     finite: bool  # False: skip optimizer.step() (AMP overflow; the scaler has backed off)
     refreshed: bool  # a gradient method recomputed its weights this step
+    #: [K, K] Gramian of this step's task gradients (float64), when the step computed them (a
+    #: gradient method's refresh, or `ant_backward(gramian=True)`); None otherwise
+    gramian: Tensor | None = None
 
 
 def task_sums(per_sample: Tensor, task_ids: Tensor, num_tasks: int) -> Tensor:
@@ -132,7 +135,13 @@ class GradStep:
         return all_finite(grads, self.model)
 
     def finish(
-        self, losses: Tensor, weights: Tensor, finite: bool, present: Tensor, refreshed: bool
+        self,
+        losses: Tensor,
+        weights: Tensor,
+        finite: bool,
+        present: Tensor,
+        refreshed: bool,
+        gramian: Tensor | None = None,
     ) -> StepInfo:
         """Hand the step to the scaler (or to the caller's, `keep_scaled`), or refuse a
         non-finite one without any; advance the method; describe the step."""
@@ -151,7 +160,7 @@ class GradStep:
         if finite:
             method.advance()
         weights = torch.where(present, weights.detach().float().cpu(), 0.0)  # cached: absent->0
-        return StepInfo(losses, weights, finite, refreshed=refreshed)
+        return StepInfo(losses, weights, finite, refreshed=refreshed, gramian=gramian)
 
     def _rescale(self, finite: bool) -> None:
         """For an optimizer that unscales itself: the (unscaled) gradients multiplied back by the

@@ -15,6 +15,7 @@ from antdiff.tasks.clustering import (
     median_cost,
     timestep_cost,
 )
+from antdiff.tasks.decrease import DecreaseSampler
 from antdiff.tasks.follow import FollowSampler
 from antdiff.tasks.partition import IntervalPartition
 from antdiff.tasks.spec import (
@@ -41,6 +42,7 @@ from antdiff.tasks.within import StratifiedLossAwareSampler
 
 # registered here, not in timesteps.py: these build on that module (no import cycle)
 TIMESTEP_SAMPLINGS["follow"] = FollowSampler
+TIMESTEP_SAMPLINGS["decrease"] = DecreaseSampler
 TIMESTEP_SAMPLINGS["stratified-loss-aware"] = StratifiedLossAwareSampler
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "TIMESTEP_SAMPLINGS",
     "ClusterSpec",
     "Clustering",
+    "DecreaseSampler",
     "FollowSampler",
     "IntervalPartition",
     "LogitNormalSampler",

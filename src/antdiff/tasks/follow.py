@@ -75,13 +75,7 @@ class FollowSampler(TimestepSampler):
     def weights(self) -> Tensor:
         """The smoothed task weights wbar [K], normalised to sum 1 (base before any is seen);
         a task never seen yet gets the mean of the others."""
-        if not bool((self.seen > 0).any()):
-            return self.base.clone()
-        seen = self.seen > 0
-        w = torch.zeros_like(self.ema)
-        w[seen] = self.ema[seen] / (1 - self.decay ** self.seen[seen].double())
-        w[~seen] = w[seen].mean()
-        return w / w.sum()
+        return smoothed(self.ema, self.seen, self.decay, self.base)
 
     def probabilities(self) -> Tensor:
         """p_k [K] = (1 - floor) wbar_k + floor base_k."""
@@ -114,12 +108,15 @@ class FollowSampler(TimestepSampler):
         """Fold the method's task weights [K] of the step just taken into the average; only the
         tasks with a sample in the global batch `t` (their weights are defined)."""
         w = torch.as_tensor(task_weights).detach().double().cpu()
-        if w.shape != (self.partition.k,):
-            raise AntError(f"follow expects {self.partition.k} task weights, got {tuple(w.shape)}")
-        present = torch.bincount(self.partition.task_of(t.cpu()), minlength=self.partition.k) > 0
-        present &= torch.isfinite(w) & (w >= 0)
-        self.ema[present] = self.decay * self.ema[present] + (1 - self.decay) * w[present]
-        self.seen[present] += 1
+        k = self.partition.k
+        if w.shape != (k,):
+            raise AntError(f"{self.name} expects {k} task weights, got {tuple(w.shape)}")
+        present = self.present(t) & torch.isfinite(w) & (w >= 0)
+        fold(self.ema, self.seen, present, w, self.decay)
+
+    def present(self, t: Tensor) -> Tensor:
+        """Which tasks [K] have a sample in the global batch `t`."""
+        return torch.bincount(self.partition.task_of(t.cpu()), minlength=self.partition.k) > 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"ema": self.ema.clone(), "seen": self.seen.clone()}
@@ -128,5 +125,25 @@ class FollowSampler(TimestepSampler):
         k = self.partition.k
         ema, seen = state.get("ema"), state.get("seen")
         if not isinstance(ema, Tensor) or not isinstance(seen, Tensor) or ema.shape != (k,):
-            raise AntError(f"follow sampler state does not fit {k} tasks")
+            raise AntError(f"{self.name} sampler state does not fit {k} tasks")
         self.ema, self.seen = ema.clone().double(), seen.clone().long()
+
+
+def fold(ema: Tensor, seen: Tensor, present: Tensor, values: Tensor, decay: float) -> None:
+    """One step of the exponential moving averages `ema` [K] (in place) at the tasks `present`;
+    `seen` counts each task's updates, for the bias correction of `smoothed`."""
+    ema[present] = decay * ema[present] + (1 - decay) * values[present]
+    seen[present] += 1
+
+
+def smoothed(ema: Tensor, seen: Tensor, decay: float, fallback: Tensor) -> Tensor:
+    """The bias-corrected averages ema_k / (1 - decay^seen_k) [K] normalised to sum 1
+    (`fallback` before any is seen); a task never seen yet gets the mean of the others."""
+    if not bool((seen > 0).any()):
+        return fallback.clone()
+    known = seen > 0
+    w = torch.zeros_like(ema)
+    w[known] = ema[known] / (1 - decay ** seen[known].double())
+    w[~known] = w[known].mean()
+    total = w.sum()
+    return w / total if bool(total > 0) else fallback.clone()  # all zero: nothing to follow yet

@@ -47,6 +47,9 @@ class TimestepSampler:
     shapes_density: ClassVar[bool] = False
     needs_losses: ClassVar[bool] = False  # True: the trainer gathers the losses for `after_step`
     follows_method: ClassVar[bool] = False  # draws by the method's weights (`sampled:` methods)
+    #: True: it learns from the task Gramian; the trainer asks the engine for one on the steps
+    #: `gramian_due` names and hands every one a step computed to `after_gramian`
+    needs_gramian: ClassVar[bool] = False
 
     def __init__(self, partition: IntervalPartition) -> None:
         self.partition = partition
@@ -80,12 +83,35 @@ class TimestepSampler:
         n = torch.bincount(task.long().cpu(), minlength=self.partition.k).double()
         return n / n.sum()
 
+    def gramian_due(self, step: int) -> bool:
+        """Whether step `step` (0-based) should compute the task Gramian for this sampler."""
+        return False
+
     def after_step(
         self, t: torch.Tensor, losses: torch.Tensor | None, task_weights: torch.Tensor
     ) -> None:
         """Called after every optimizer step with the global batch's timesteps `t`, their
         per-sample losses (None unless `needs_losses`) and the method's task weights [K].
         A fixed density ignores them."""
+
+    def after_gramian(
+        self, t: torch.Tensor, task_weights: torch.Tensor, gramian: torch.Tensor
+    ) -> None:
+        """Called after `after_step` with the task Gramian [K, K] of the step, when it computed
+        one (asked for by `gramian_due`, or a gradient method's refresh)."""
+
+    def step_done(
+        self,
+        t: torch.Tensor,
+        losses: torch.Tensor | None,
+        task_weights: torch.Tensor,
+        gramian: torch.Tensor | None = None,
+    ) -> None:
+        """What the trainer calls after each optimizer step: `after_step`, then `after_gramian`
+        if the step computed the task Gramian."""
+        self.after_step(t, losses, task_weights)
+        if gramian is not None:
+            self.after_gramian(t, task_weights, gramian)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
