@@ -318,3 +318,14 @@ def test_read_only_places_are_one_line_each(tmp_path: Path, capsys) -> None:
             assert len(err) == 1 and "Read-only file system" in err[0], (argv, err)
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_interrupted_survives_a_process_boundary() -> None:
+    """A benchmark worker (multiprocessing) sends the exception back pickled: message and exit
+    status must both arrive."""
+    import pickle
+
+    from antdiff.errors import Interrupted
+
+    err = pickle.loads(pickle.dumps(Interrupted("stopped at step 7", 143)))
+    assert (str(err), err.code) == ("stopped at step 7", 143)

@@ -21,8 +21,11 @@ class Interrupted(AntError):
     (128 + signal number: 130 for SIGINT, 143 for SIGTERM)."""
 
     def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
+        super().__init__(message, code)  # both in args: it pickles (a worker process sends it)
         self.code = code
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def out_of_memory(error: BaseException) -> bool:
