@@ -66,17 +66,23 @@ def evaluator(run: RunDir, args: argparse.Namespace, g: float, interval, num: in
     )
 
 
-def gap_fn(model: torch.nn.Module, ev: Evaluator, null: int):
-    """(x0, t, noise, y) -> mean over dims of (f(x_t, t, y) - f(x_t, t, null))^2, [B]."""
+def gap_fn(model: torch.nn.Module, ev: Evaluator, null: int, image: bool = False):
+    """(x0, t, noise, y) -> mean over dims of (f(x_t, t, y) - f(x_t, t, null))^2, [B]; with
+    `image`, the same for the two predictions of x_0 that f implies (what guidance moves)."""
     path = ev.schedule.loss_path(torch.device("cpu"))
+    prediction = ev.cfg.prediction
 
     def fn(x0, t, noise, y):
-        if isinstance(path, FlowPath):
+        if isinstance(path, FlowPath):  # x_0 = x_t - sigma v
             xt, tin = path.noisy(x0, t, noise), path.model_time(t)
-        else:
+            factor = path.sigma(t).float() ** 2
+        else:  # x_0 = (x_t - sqrt(1 - a) eps) / sqrt(a), or sqrt(a) x_t - sqrt(1 - a) v
             xt, tin = q_sample(x0, t, noise, path), t
+            a = path[t].float()
+            factor = {"epsilon": (1 - a) / a, "v": 1 - a}.get(prediction, torch.ones_like(a))
         diff = model(xt, tin, y) - model(xt, tin, torch.full_like(y, null))
-        return diff.pow(2).flatten(1).mean(1)
+        gap = diff.pow(2).flatten(1).mean(1)
+        return gap * factor if image else gap
 
     return fn
 
@@ -94,6 +100,7 @@ def heldout_part(run: RunDir, model, args: argparse.Namespace) -> dict[str, Any]
         "cond": evaluate_heldout(loss, tr),
         "uncond": evaluate_heldout(loss, dataclasses.replace(tr, y=torch.full_like(tr.y, null))),
         "gap": evaluate_heldout(gap_fn(model, ev, null), tr),
+        "gap_x0": evaluate_heldout(gap_fn(model, ev, null, image=True), tr),
     }
     out: dict[str, Any] = {k: [iv["mean"] for iv in v["intervals"]] for k, v in rows.items()}
     out["sem"] = {k: [iv["sem"] for iv in v["intervals"]] for k, v in rows.items()}
@@ -166,14 +173,16 @@ def fd_of(k: str):
 
 def summarize(data: dict, args, methods: list[str], intervals) -> dict[str, Any]:
     summary: dict[str, Any] = {"heldout": {}, "fd": {}}
-    for part in ("cond", "uncond", "gap"):
-        summary["heldout"][part] = [
-            paired(data, methods, args.seeds, lambda r, i=i, p=part: r["heldout"][p][i])
-            for i in range(5)
+    held = {k: r for k, r in data.items() if "gap_x0" in r.get("heldout", {})}
+    if held:
+        for part in ("cond", "uncond", "gap", "gap_x0"):
+            summary["heldout"][part] = [
+                paired(held, methods, args.seeds, lambda r, i=i, p=part: r["heldout"][p][i])
+                for i in range(5)
+            ]
+        summary["heldout"]["label_value"] = [  # uncond - cond loss: what the label is worth
+            paired(held, methods, args.seeds, lambda r, i=i: _label_value(r, i)) for i in range(5)
         ]
-    summary["heldout"]["label_value"] = [  # uncond - cond loss: what the label is worth
-        paired(data, methods, args.seeds, lambda r, i=i: _label_value(r, i)) for i in range(5)
-    ]
     for g in args.scales:
         for iv in [FULL] if g == 1.0 else intervals:
             summary["fd"][key(g, iv)] = paired(data, methods, args.seeds, fd_of(key(g, iv)))
@@ -239,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             res = runs.setdefault(f"{m}/seed{s}", {"fd": {}})
             if args.quality:
                 reuse(res, Path(args.quality) / m / f"seed{s}.json", args)
-            if "heldout" in args.parts and "heldout" not in res:
+            if "heldout" in args.parts and "gap_x0" not in res.get("heldout", {}):
                 res["heldout"] = heldout_part(run, model, args)
                 save(out, data)
             for g in args.scales if "fd" in args.parts else []:
