@@ -14,7 +14,8 @@ vanilla per seed.
     python benchmarks/quality.py --dataset digits-cond --methods vanilla,ant-uw-auto \
         --seeds 0,1,2 --steps 1000 --curve-every 125 --curve-num 300 --workers 1 --threads 1 \
         --results RESULTS --out RUNS
-    python benchmarks/guidance.py --runs RUNS/digits-cond --intervals 0,1 0.2,0.6 0.4,1
+    python benchmarks/guidance.py --runs RUNS/digits-cond --quality RESULTS/digits-cond \
+        --scales 1,1.5,2,3,4 --limited-scales 2,3,4 --intervals 0,1 0.2,0.6 0,0.6
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ from bench_stats import mean_std
 
 COMMON_PARTITION = "timestep:5"
 KEEP = ("fd", "precision", "recall", "density", "coverage", "confidence", "class_kl", "accuracy")
+
+
+def grid(args: argparse.Namespace, intervals: list) -> list[tuple[float, tuple[float, float]]]:
+    """The (scale, interval) pairs evaluated: g = 1 once; the limited intervals only at
+    `--limited-scales` (default: every scale)."""
+    limited = args.scales if args.limited_scales is None else args.limited_scales
+    return [
+        (g, iv)
+        for g in args.scales
+        for iv in ([FULL] if g == 1.0 else intervals if g in limited else [FULL])
+    ]
 
 
 def key(g: float, interval: tuple[float, float]) -> str:
@@ -183,9 +195,8 @@ def summarize(data: dict, args, methods: list[str], intervals) -> dict[str, Any]
         summary["heldout"]["label_value"] = [  # uncond - cond loss: what the label is worth
             paired(held, methods, args.seeds, lambda r, i=i: _label_value(r, i)) for i in range(5)
         ]
-    for g in args.scales:
-        for iv in [FULL] if g == 1.0 else intervals:
-            summary["fd"][key(g, iv)] = paired(data, methods, args.seeds, fd_of(key(g, iv)))
+    for g, iv in grid(args, intervals):
+        summary["fd"][key(g, iv)] = paired(data, methods, args.seeds, fd_of(key(g, iv)))
     return summary
 
 
@@ -219,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="vanilla,ant-uw-auto", help="first: the baseline")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--scales", default="1,2,3,4")
+    p.add_argument("--limited-scales", help="scales that get the limited intervals (default all)")
     p.add_argument("--intervals", nargs="+", default=["0,1", "0.2,0.6"], metavar="LO,HI")
     p.add_argument("--parts", default="heldout,fd", help="heldout and/or fd")
     p.add_argument("--fd-num", type=int, default=2000)
@@ -236,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     methods = args.methods.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.scales = [float(g) for g in args.scales.split(",")]
+    if args.limited_scales is not None:
+        args.limited_scales = [float(g) for g in args.limited_scales.split(",")]
     intervals = [parse_guidance_interval(s) for s in args.intervals]
     out = Path(args.results)
     data = json.loads(out.read_text()) if out.is_file() else {}
@@ -251,12 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             if "heldout" in args.parts and "gap_x0" not in res.get("heldout", {}):
                 res["heldout"] = heldout_part(run, model, args)
                 save(out, data)
-            for g in args.scales if "fd" in args.parts else []:
-                for iv in [FULL] if g == 1.0 else intervals:
-                    if key(g, iv) not in res["fd"]:
-                        res["fd"][key(g, iv)] = fd_part(run, model, args, g, iv)
-                        save(out, data)
-                        print(f"{m} seed {s} g={key(g, iv)}: {res['fd'][key(g, iv)]}", flush=True)
+            for g, iv in grid(args, intervals) if "fd" in args.parts else []:
+                if key(g, iv) not in res["fd"]:
+                    res["fd"][key(g, iv)] = fd_part(run, model, args, g, iv)
+                    save(out, data)
+                    print(f"{m} seed {s} g={key(g, iv)}: {res['fd'][key(g, iv)]}", flush=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("runs", "results")}
     data["settings"] = {**settings, "partition": COMMON_PARTITION, "intervals": intervals}
     data["command"] = "python benchmarks/guidance.py " + " ".join(
