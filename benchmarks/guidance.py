@@ -270,10 +270,13 @@ def main(argv: list[str] | None = None) -> int:
                     res["fd"][key(g, iv)] = fd_part(run, model, args, g, iv)
                     save(out, data)
                     print(f"{m} seed {s} g={key(g, iv)}: {res['fd'][key(g, iv)]}", flush=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "results")}
+    folders = ("runs", "results", "quality")  # folders of this machine: not in the record
+    settings = {k: v for k, v in vars(args).items() if k not in folders}
     data["settings"] = {**settings, "partition": COMMON_PARTITION, "intervals": intervals}
+    given = sys.argv[1:] if argv is None else argv
+    named = {f"--{f}": f.upper() for f in folders}
     data["command"] = "python benchmarks/guidance.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
+        named.get(given[i - 1], a) if i else a for i, a in enumerate(given)
     )
     data["summary"] = summarize(runs, args, methods, intervals)
     save(out, data)
