@@ -13,6 +13,7 @@ import torch
 from antdiff import build, distributed
 from antdiff.analysis.affinity import AffinityResult, run_affinity, save_affinity
 from antdiff.config import TrainConfig
+from antdiff.diffusion.guidance import FULL
 from antdiff.errors import AntError
 from antdiff.evaluate import Evaluator, generate_data
 from antdiff.export import export_pipeline, is_export, sample_exported
@@ -84,11 +85,12 @@ def sample(
     sampler: str | None = None,
     steps: int | None = None,
     guidance: float = 1.0,
+    guidance_interval: tuple[float, float] = FULL,
     seed: int = 0,
     device: str = "cpu",
 ) -> Path:
     """`num` samples of the run's EMA model, or of an `antdiff export` directory, written to
-    `out` (.npz + .png, or .png)."""
+    `out` (.npz + .png, or .png); guidance only on the noise levels of `guidance_interval`."""
     if num < 1:
         raise AntError(f"--num must be >= 1, got {num}")
     _check_seed(seed)
@@ -100,6 +102,7 @@ def sample(
             sampler=sampler,
             steps=steps,
             guidance=guidance,
+            guidance_interval=guidance_interval,
             generator=_generator(seed),
             device=str(distributed.resolve_device(device)),
         )
@@ -116,6 +119,7 @@ def sample(
         steps=steps,
         guidance=guidance,
         generator=_generator(seed),
+        guidance_interval=guidance_interval,
     )
     return save_samples(x, out)
 

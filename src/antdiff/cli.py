@@ -11,6 +11,7 @@ from pathlib import Path
 
 from antdiff.cliflags import Parser, add_config_flags, json_object
 from antdiff.config import FIELDS, PRESETS, TrainConfig, read_config_file, resolve
+from antdiff.diffusion.guidance import parse_guidance_interval
 from antdiff.diffusion.samplers import SAMPLERS
 from antdiff.diffusion.schedule import SCHEDULES
 from antdiff.distributed import peer_lost
@@ -105,6 +106,7 @@ def _sample(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         steps=args.steps,
         guidance=args.guidance,
+        guidance_interval=parse_guidance_interval(args.guidance_interval),
         seed=args.seed,
         device=args.device,
     )
@@ -129,6 +131,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         steps=args.steps,
         guidance=args.guidance,
+        guidance_interval=parse_guidance_interval(args.guidance_interval),
         seed=args.seed,
         fid=args.fid,
     )
@@ -172,6 +175,10 @@ def _affinity(args: argparse.Namespace) -> int:
     return 0
 
 
+INTERVAL_HELP = (
+    "guidance only on these noise levels, fractions of the range (t/T; flow: sigma), "
+    "elsewhere the conditional model alone (default 0,1: every step)"
+)
 TRANSFER_FLAGS = (
     "dataset",
     "resolution",
@@ -311,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", choices=SAMPLERS, help="default: ddim (DDPM), euler (flow)")
     s.add_argument("--steps", type=int, default=None, help="default: T for ddpm, else 50")
     s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    s.add_argument("--guidance-interval", default="0,1", metavar="LO,HI", help=INTERVAL_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     s.add_argument("--out", required=True, metavar="FILE", help="FILE.npz (+ .png) or FILE.png")
@@ -322,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--sampler", choices=SAMPLERS, help="default: ddim (DDPM), euler (flow)")
     v.add_argument("--steps", type=int, default=50)
     v.add_argument("--guidance", type=float, default=1.0)
+    v.add_argument("--guidance-interval", default="0,1", metavar="LO,HI", help=INTERVAL_HELP)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     v.add_argument(

@@ -24,6 +24,7 @@ from antdiff import build
 from antdiff.config import TrainConfig
 from antdiff.data import Dataset, decode_latents
 from antdiff.diffusion import Schedule, generate, per_sample_loss
+from antdiff.diffusion.guidance import FULL, check_guidance_interval
 from antdiff.diffusion.samplers import check_sampler, default_sampler
 from antdiff.distributed import resolve_device
 from antdiff.errors import AntError
@@ -67,6 +68,7 @@ def generate_data(
     guidance: float = 1.0,
     labels: Tensor | None = None,
     generator: torch.Generator | None = None,
+    guidance_interval: tuple[float, float] = FULL,
 ) -> Tensor:
     """Samples in data space: images in [-1, 1] (decoded through the VAE for latents) or points."""
     x = generate(
@@ -81,6 +83,7 @@ def generate_data(
         generator=generator,
         prediction=cfg.prediction,
         clip_sample=info.kind == "image",
+        guidance_interval=guidance_interval,
     )
     if info.kind == "latent":
         assert info.vae is not None
@@ -105,6 +108,7 @@ class Evaluator:
         sampler: str | None = None,
         steps: int = 50,
         guidance: float = 1.0,
+        guidance_interval: tuple[float, float] = FULL,
         seed: int = 0,
         per_interval: int = 128,
         partition: IntervalPartition | None = None,
@@ -115,6 +119,7 @@ class Evaluator:
         self.cfg, self.info, self.schedule = cfg, info, schedule
         sampler = check_sampler(schedule, sampler or default_sampler(schedule))
         self.num, self.sampler, self.steps, self.guidance = num, sampler, steps, guidance
+        self.guidance_interval = check_guidance_interval(guidance_interval)
         self.seed = seed
         if fid and info.kind == "points":
             raise AntError("the standard FID needs images, not points")
@@ -154,6 +159,7 @@ class Evaluator:
             guidance=self.guidance,
             labels=labels,
             generator=g,
+            guidance_interval=self.guidance_interval,
         )
         return x, labels, g
 
@@ -164,6 +170,7 @@ class Evaluator:
             "sampler": self.sampler,
             "sample_steps": self.steps,
             "guidance": self.guidance,
+            "guidance_interval": list(self.guidance_interval),
             "seed": self.seed,
         }
         out.update(self.sample_quality(x, labels, g))

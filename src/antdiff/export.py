@@ -26,6 +26,7 @@ from torch import nn
 
 from antdiff.data import decode_latents, load_vae
 from antdiff.diffusion import FlowPath, NoiseSchedule, Schedule, generate, make_scheduler
+from antdiff.diffusion.guidance import FULL
 from antdiff.errors import AntError, writing
 from antdiff.models import Denoiser, PointMLP, disable_label_dropout, unwrap
 
@@ -254,6 +255,7 @@ def sample_exported(
     guidance: float = 1.0,
     generator: torch.Generator | None = None,
     device: str = "cpu",
+    guidance_interval: tuple[float, float] = FULL,
 ) -> torch.Tensor:
     """`num` samples in data space from an export (decoded through its VAE for latents)."""
     model, _, info = load_exported(path)
@@ -275,6 +277,7 @@ def sample_exported(
         generator=generator,
         prediction=info["prediction"],
         clip_sample=info["clip_sample"],
+        guidance_interval=guidance_interval,
     )
     if info.get("vae") is not None:
         x = decode_latents(x, str(Path(path) / info["vae"]))

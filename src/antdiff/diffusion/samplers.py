@@ -3,7 +3,8 @@ and for flow matching its flow-matching Euler and Heun schedulers, with classifi
 
 Classifier-free guidance (Ho & Salimans 2022): out = out_u + g (out_c - out_u), with out_u the
 prediction under the null label (index num_classes). It is linear, so it applies to epsilon
-and to v predictions alike. g = 1 is the plain conditional model (one forward pass).
+and to v predictions alike. g = 1 is the plain conditional model (one forward pass). It may be
+limited to an interval of noise levels (diffusion/guidance.py, Kynkaanniemi et al. 2024).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from antdiff.diffusion.flow import FlowPath
+from antdiff.diffusion.guidance import FULL, check_guidance_interval, in_interval
 from antdiff.diffusion.loss import PREDICTIONS, check_prediction
 from antdiff.diffusion.schedule import NoiseSchedule
 from antdiff.errors import AntError
@@ -88,16 +90,18 @@ def _denoise_batch(
     guidance: float,
     null: int,
     generator: torch.Generator | None,
+    interval: tuple[float, float] = FULL,
 ) -> torch.Tensor:
     cfg = y is not None and guidance != 1.0
     flow = not hasattr(scheduler, "scale_model_input")  # flow matching: time sigma * T, a float
+    total = float(scheduler.config.num_train_timesteps)
     for t in scheduler.timesteps:
         inp = x if flow else scheduler.scale_model_input(x, t)
         if flow:
             tb = torch.full((x.shape[0],), float(t), dtype=torch.float32, device=x.device)
         else:
             tb = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
-        if cfg:
+        if cfg and in_interval(float(t) / total, interval):
             out_c, out_u = model(
                 torch.cat([inp, inp]), torch.cat([tb, tb]), torch.cat([y, torch.full_like(y, null)])
             ).chunk(2)
@@ -123,6 +127,7 @@ def generate(
     batch_size: int = 256,
     prediction: str = "epsilon",
     clip_sample: bool = False,
+    guidance_interval: tuple[float, float] = FULL,
 ) -> torch.Tensor:
     """Draw ``num`` samples of per-sample ``shape`` by reverse diffusion; returns [num, *shape].
 
@@ -130,12 +135,14 @@ def generate(
     generator; noise is drawn batch by batch in order). ``steps`` defaults to T for ddpm and 50
     otherwise (at most T). A conditional model (``num_classes`` > 0, read from the model when
     None) gets ``labels`` or balanced labels; label ``num_classes`` means unconditional.
-    ``clip_sample`` should be True only for pixel images in [-1, 1].
+    ``clip_sample`` should be True only for pixel images in [-1, 1]. ``guidance_interval``
+    (lo, hi): the noise levels that get guidance (see diffusion/guidance.py; default all).
     """
     if num < 1 or batch_size < 1:
         raise AntError(f"the number of samples and the batch size must be >= 1, got {num}")
     if not math.isfinite(guidance):
         raise AntError(f"the guidance scale must be a finite number, got {guidance}")
+    interval = check_guidance_interval(guidance_interval)
     if steps is not None and not 1 <= steps <= schedule.timesteps:
         raise AntError(f"sampling steps must be in 1..{schedule.timesteps}, got {steps}")
     k = _model_classes(model, num_classes)
@@ -158,7 +165,9 @@ def generate(
             x = torch.randn((b, *shape), generator=generator).to(device)
             x = x * getattr(scheduler, "init_noise_sigma", 1.0)
             y = None if labels is None else labels[start : start + b].to(device).long()
-            out.append(_denoise_batch(model, scheduler, x, y, guidance, k, generator).cpu())
+            out.append(
+                _denoise_batch(model, scheduler, x, y, guidance, k, generator, interval).cpu()
+            )
     finally:
         model.train(was_training)
     return torch.cat(out)

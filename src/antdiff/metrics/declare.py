@@ -112,6 +112,7 @@ SETTINGS = (
     "sampler",
     "sample_steps",
     "guidance",
+    "guidance_interval",
     "seed",
     "num_samples",
     "num_real",

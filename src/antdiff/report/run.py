@@ -32,10 +32,12 @@ def evaluation_section(result: dict[str, Any]) -> Section:
         for m in METRICS.values()
         if isinstance(result.get(m.name), float | int)
     ]
+    lo, hi = result.get("guidance_interval") or (0, 1)  # absent: older runs, the whole range
+    limited = f" on noise levels {lo:g}-{hi:g}" if (lo, hi) != (0, 1) else ""
     how = (
         f"{result.get('num_samples', '?')} samples at step {result.get('step', '?')}, "
         f"{result.get('sampler')} sampler, {result.get('sample_steps')} steps, guidance "
-        f"{result.get('guidance')}, seed {result.get('seed')}."
+        f"{result.get('guidance')}{limited}, seed {result.get('seed')}."
     )
     body = f"<p>{html.escape(how)}</p>" + table(["metric", "value", "meaning"], rows)
     heldout = result.get("heldout")
