@@ -9,8 +9,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Caches (feature nets, latents) go to a folder of this test session, not the user's home.
 os.environ.setdefault("ANTDIFF_CACHE", tempfile.mkdtemp(prefix="antdiff-test-cache-"))
-# One thread per process: the suite runs on 2 cores, and subprocesses inherit this.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# One thread per process, whatever the caller's environment: the suite runs on 2 cores, and
+# subprocesses inherit this (a resumed run compared bit for bit with one trained in this
+# process must use the same number of threads, or float sums differ in the last bit).
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 
