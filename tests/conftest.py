@@ -40,3 +40,17 @@ def tiny_vae(tmp_path: Path) -> str:
     )
     vae.save_pretrained(tmp_path / "vae")
     return str(tmp_path / "vae")
+
+
+@pytest.fixture(scope="module")
+def cond_mlp() -> torch.nn.Module:
+    """A small class-conditional MLP (4 classes, 2-d points) with non-trivial weights: the
+    samplers' tests (guidance, determinism) run on it."""
+    from antdiff.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", channels=2, size=0, num_classes=4, hidden=32, depth=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model

@@ -75,16 +75,6 @@ def test_make_scheduler(schedule: NoiseSchedule) -> None:
             make_scheduler(schedule, name)
 
 
-@pytest.fixture(scope="module")
-def cond_mlp() -> nn.Module:
-    torch.manual_seed(0)
-    model = build_model("mlp", channels=2, size=0, num_classes=4, hidden=32, depth=2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
 @pytest.mark.parametrize("sampler", DDPM_SAMPLERS)
 def test_sampler_determinism(schedule: NoiseSchedule, cond_mlp: nn.Module, sampler: str) -> None:
     def run(seed: int) -> torch.Tensor:

@@ -15,7 +15,6 @@ from antdiff.diffusion import FlowPath, NoiseSchedule
 from antdiff.diffusion.guidance import check_guidance_interval, parse_guidance_interval
 from antdiff.diffusion.samplers import generate, make_scheduler
 from antdiff.errors import AntError
-from antdiff.models import build_model
 
 LABELS = torch.tensor([0, 1, 2, 3, 1, 2])
 
@@ -23,16 +22,6 @@ LABELS = torch.tensor([0, 1, 2, 3, 1, 2])
 @pytest.fixture(scope="module")
 def schedule() -> NoiseSchedule:
     return NoiseSchedule.from_name("linear", 1000)
-
-
-@pytest.fixture(scope="module")
-def cond_mlp() -> nn.Module:
-    torch.manual_seed(0)
-    model = build_model("mlp", channels=2, size=0, num_classes=4, hidden=32, depth=2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
 
 
 def run(model: nn.Module, schedule, g: float, **kw) -> torch.Tensor:
