@@ -27,16 +27,25 @@ def final_weights(run: Path, name: str = "model.safetensors") -> dict[str, torch
     return load_file(checkpoint.latest(run) / name)
 
 
-def train_two_processes(argv: list[str], out: Path) -> None:
-    """`antdiff train ARGV --out OUT` under torchrun with 2 CPU processes (gloo)."""
-    cmd = [
+def torchrun(port_base: int = 29500, ports: int = 400) -> list[str]:
+    """The command that starts 2 CPU processes under torchrun, on a random port of the range
+    (tests that leave a launcher behind use a range of their own)."""
+    port = port_base + random.randrange(ports)
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
         "--master_port",
-        str(29500 + random.randrange(400)),
+        str(port),
+    ]
+
+
+def train_two_processes(argv: list[str], out: Path) -> None:
+    """`antdiff train ARGV --out OUT` under torchrun with 2 CPU processes (gloo)."""
+    cmd = [
+        *torchrun(),
         "-m",
         "antdiff",
         "train",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from antdiff.cli import main
+from runs import torchrun
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = [
@@ -73,13 +73,7 @@ def test_sample_of_a_run_with_fewer_than_50_timesteps(tmp_path: Path) -> None:
 
 def _torchrun(argv: list[str], extra: list[str]) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(29900 + random.randrange(90)),
+        *torchrun(29900, 90),
         str(Path(__file__).with_name("rank_flags.py")),
         "train",
         *argv,
@@ -106,13 +100,7 @@ def test_a_killed_worker_is_one_line_on_the_survivor(tmp_path: Path) -> None:
     psutil = pytest.importorskip("psutil")
     out = tmp_path / "run"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(29900 + random.randrange(90)),
+        *torchrun(29900, 90),
         "-m",
         "antdiff",
         "train",
